@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv when missing
+# and reinstall only when pyproject.toml changed (the stamp file records the last install).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.autovla-installed
+# CPU machines take these two from local disk; an unpinned torch would pull several GB.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: test demo lint install clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/autovla demo
+
+clean-venv:
+	rm -rf $(VENV)
