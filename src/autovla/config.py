@@ -56,7 +56,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
-    """Build `cls` from defaults, then the YAML file (which may `inherit:` another), then overrides."""
+    """Build `cls`: defaults, then the YAML file (which may `inherit:` another), then overrides."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:

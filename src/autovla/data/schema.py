@@ -1,4 +1,4 @@
-"""The DrivingSample schema: the one contract between data sources, training, evaluation and serving.
+"""The DrivingSample schema: the contract between data sources, training, evaluation, serving.
 
 Arrays are stored as nested lists of floats so a manifest line is plain JSON; use the
 `*_array()` helpers for numpy views. All poses are in the ego frame at the current time
