@@ -25,7 +25,7 @@ def validate(
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     for e in errors[:max_errors]:
-        console.print(str(e), highlight=False, markup=False)
+        typer.echo(str(e))  # plain: a person greps these, rich would wrap them
     if len(errors) > max_errors:
         console.print(f"... and {len(errors) - max_errors} more")
     if errors:

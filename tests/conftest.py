@@ -1,0 +1,58 @@
+"""Shared test fixtures: small driving datasets built on the fly (no network, no real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autovla.data.manifest import write_manifest
+from autovla.data.schema import STANDARD_CAMERAS, DrivingSample, EgoState, SceneFacts, SceneObject
+
+
+def make_sample(i: int, root: Path | None = None, split: str = "train") -> DrivingSample:
+    """A valid sample driving straight at speed 2 + i; writes its images under root if given."""
+    v = 2.0 + i
+    cameras = {}
+    for cam in STANDARD_CAMERAS:
+        frames = [f"images/{i:04d}/{cam}_{t}.png" for t in range(4)]
+        cameras[cam] = frames
+        if root is not None:
+            for t, rel in enumerate(frames):
+                p = root / rel
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (28, 28), (10 * t, 40, 90)).save(p)
+    hist = [(-v * 0.5 * k, 0.0, 0.0) for k in (3, 2, 1, 0)]
+    fut = [(v * 0.5 * (k + 1), 0.0, 0.0) for k in range(10)]
+    return DrivingSample(
+        id=f"s{i:04d}",
+        source="synthetic",
+        split=split,
+        cameras=cameras,
+        ego=EgoState(vx=v),
+        instruction="go straight",
+        history=hist,
+        future=fut,
+        scenario_type="free_cruise" if i % 2 else "car_following",
+        complex=bool(i % 2 == 0),
+        scene=SceneFacts(
+            objects=[SceneObject(id="car1", kind="vehicle", box=(12.0, 0.0, 0.0, 4.5, 1.9))],
+            traffic_light="none",
+        ),
+        meta={"note": "fixture"},
+    )
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    samples = [make_sample(i, root, split="train" if i < 4 else "val") for i in range(6)]
+    write_manifest(root, samples)
+    return root
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
