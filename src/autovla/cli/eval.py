@@ -1,0 +1,149 @@
+"""`autovla eval ...`: open-loop evaluation with reports, and comparison of runs.
+
+Closed-loop evaluation (`eval closed-loop`) registers its command on this app too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autovla.cli.common import console, fail, table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int):
+    """The model planner behind the evaluation interface."""
+    from autovla.eval.planner_adapter import planner_plan_fn
+
+    return planner_plan_fn(model, mode=mode, num_samples=num_samples, seed=seed)
+
+
+@app.command("open-loop")
+def open_loop(
+    data: Path = typer.Option(..., help="Dataset directory or manifest file."),
+    out: Path = typer.Option(..., help="Run directory for results.json, samples.jsonl, report."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    model: Path | None = typer.Option(None, help="Model directory (the trained planner)."),
+    baseline: str | None = typer.Option(
+        None, help="Built-in baseline: constant-velocity, expert or quantized-gt."
+    ),
+    codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
+    mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
+    num_samples: int = typer.Option(1, min=1, help="Plans sampled per scene (best-of-K)."),
+    batch_size: int = typer.Option(8, min=1),
+    limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N samples."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
+    report: bool = typer.Option(True, help="Also write report.html."),
+) -> None:
+    """Plan every sample of a split and compute L2, ADE/FDE, collisions, PDMS, RFS, latency."""
+    from autovla.data.manifest import ManifestError
+    from autovla.eval.baselines import make_baseline
+    from autovla.eval.open_loop import run_open_loop
+    from autovla.eval.report import render_report
+
+    if (model is None) == (baseline is None):
+        raise fail("give exactly one of --model DIR or --baseline NAME")
+    if mode not in ("auto", "fast", "slow"):
+        raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
+    try:
+        if baseline is not None:
+            plan_fn = make_baseline(baseline, codebook)
+        else:
+            from autovla.model.checkpoint import CheckpointError
+
+            try:
+                plan_fn = _model_plan_fn(model, mode, num_samples, seed)
+            except CheckpointError as e:
+                raise fail(str(e)) from None
+        results = run_open_loop(
+            plan_fn,
+            data,
+            split,
+            out,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            limit=limit,
+            planner_name=baseline or str(model),
+            model_path=str(model) if model else None,
+            config={
+                "mode": mode,
+                "num_samples": num_samples,
+                "codebook": str(codebook) if codebook else None,
+            },
+            seed=seed,
+        )
+    except (FileNotFoundError, FileExistsError, ManifestError, ValueError) as e:
+        raise fail(str(e)) from None
+    o = results["overall"]
+    if o["n_valid"] == 0:
+        from autovla.eval.open_loop import read_rows
+
+        first = next((r.get("error") for r in read_rows(out) if r.get("error")), None)
+        raise fail(f"no valid plans in {out}; first error: {first}")
+    if o.get("n_scoring_errors"):
+        console.print(
+            f"[yellow]warning:[/] {o['n_scoring_errors']} samples could not be scored "
+            f"(see scoring_error in {out / 'samples.jsonl'})"
+        )
+    keys = [
+        k
+        for k in (
+            "l2_stp3_1s",
+            "l2_stp3_2s",
+            "l2_stp3_3s",
+            "l2_avg",
+            "ade",
+            "fde",
+            "col_avg",
+            "pdms",
+            "rfs",
+        )
+        if k in o
+    ]
+    console.print(
+        table(
+            f"open loop: {results['planner']} on {split}",
+            ["metric", "value"],
+            [("samples (valid)", f"{o['n']} ({o['n_valid']})")] + [(k, o[k]) for k in keys],
+        )
+    )
+    if report:
+        console.print(f"report: {render_report(out)}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Two or more run directories; the first is the base."
+    ),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    out: Path | None = typer.Option(None, help="Also write the comparison as JSON here."),
+) -> None:
+    """Runs side by side, differences to the first run, bootstrap CIs on PDMS and L2."""
+    from autovla.eval.compare import compare_runs
+    from autovla.io import write_json
+
+    try:
+        res = compare_runs(runs, seed=seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    rows = []
+    for k, vals in res["means"].items():
+        base = vals[0]
+        cells = [("-" if v is None else f"{v:.3f}") for v in vals]
+        deltas = ["-" if v is None or base is None else f"{v - base:+.3f}" for v in vals[1:]]
+        rows.append((k, *cells, *deltas))
+    cols = ["metric", *res["names"], *[f"Δ {n}" for n in res["names"][1:]]]
+    console.print(table("comparison", cols, rows))
+    for k, ds in res["diffs"].items():
+        for d in ds:
+            console.print(
+                f"{k}: {d['run']} - {d['vs']} = {d['diff']:+.4f} "
+                f"(95% CI {d['low']:+.4f} .. {d['high']:+.4f}, n={d['n']})"
+            )
+    if out is not None:
+        write_json(out, res)
