@@ -57,3 +57,174 @@ def stats(path: Path = typer.Argument(..., help="Dataset directory or manifest f
         q = st.quantiles(values)
         if q:
             console.print(table(f"{name} ({unit})", ["", *q], [(name, *q.values())]))
+
+
+# --- converters from real datasets -------------------------------------------------------
+convert_app = typer.Typer(
+    no_args_is_help=True,
+    help="Convert NAVSIM/OpenScene, nuScenes and Waymo E2E data to DrivingSample datasets.",
+)
+app.add_typer(convert_app, name="convert")
+
+_WORKERS = typer.Option(1, "--workers", help="Processes converting units in parallel.")
+_SHARD = typer.Option(
+    None, "--shard", help="I/N: convert only this shard of the units (1-based; SLURM arrays)."
+)
+_SKIP_BAD = typer.Option(
+    False, "--skip-bad", help="Skip bad records/files, count them and go on (default: stop)."
+)
+_COPY = typer.Option(False, "--copy-images", help="Copy images under --out (default: in place).")
+_SIZE = typer.Option(None, "--size", help="WxH: resize copied images, e.g. 640x360.")
+_QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+
+
+def _run_convert(make, out: Path, workers: int, shard, skip_bad: bool, copy, size, quiet, desc):
+    """Shared body of the convert commands: options, run, summary, errors to the user."""
+    from autovla.data.sources.runner import (
+        ConvertError,
+        ImageOptions,
+        parse_shard,
+        parse_size,
+        run_conversion,
+    )
+
+    try:
+        shard_t = parse_shard(shard)
+        images = ImageOptions(copy=copy or size is not None, size=parse_size(size))
+        conv = make(images)
+        units = conv.units()
+        summary = run_conversion(
+            units,
+            conv,
+            out,
+            shard=shard_t,
+            workers=workers,
+            skip_bad=skip_bad,
+            progress=not quiet,
+            desc=desc,
+        )
+    except ConvertError as e:
+        raise fail(f"{e}\n(use --skip-bad to skip bad input and go on)") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    rows = [
+        ("units converted", summary.units_done),
+        ("units already done", summary.units_resumed),
+        ("samples written", summary.written),
+    ]
+    rows += [(f"skipped: {why}", n) for why, n in summary.skipped.most_common()]
+    console.print(table(f"{desc} -> {out}", ["", "count"], rows))
+    for ex in summary.examples[:5]:
+        typer.echo(f"  e.g. {ex}")
+
+
+@convert_app.command()
+def navsim(
+    logs: Path = typer.Option(
+        ...,
+        "--logs",
+        help="navsim_logs/ (or navsim_logs/<split>/). Log pickles can run code: "
+        "convert only logs from a trusted source (they are read with a restricted unpickler).",
+    ),
+    sensor_blobs: Path = typer.Option(..., "--sensor-blobs", help="sensor_blobs/ directory."),
+    out: Path = typer.Option(..., "--out", help="Output dataset directory."),
+    split: str = typer.Option("trainval", "--split", help="Split name written to the samples."),
+    stride: int = typer.Option(
+        14, "--stride", help="Frames between scene starts (14: no overlap)."
+    ),
+    roadblocks: bool = typer.Option(
+        True,
+        "--require-roadblocks/--any-frame",
+        help="Keep only scenes whose frame has roadblocks.",
+    ),
+    trust_pickles: bool = typer.Option(
+        False, "--trust-pickles", help="Allow any class in the pickles (trusted logs only)."
+    ),
+    workers: int = _WORKERS,
+    shard: str | None = _SHARD,
+    skip_bad: bool = _SKIP_BAD,
+    copy_images: bool = _COPY,
+    size: str | None = _SIZE,
+    quiet: bool = _QUIET,
+) -> None:
+    """NAVSIM / OpenScene log pickles -> samples (4 history + 10 future frames per scene)."""
+    from autovla.data.sources.navsim import NavsimConverter
+
+    def make(images):
+        return NavsimConverter(
+            logs,
+            sensor_blobs,
+            out,
+            split=split,
+            stride=stride,
+            require_roadblocks=roadblocks,
+            images=images,
+            trust_pickles=trust_pickles,
+        )
+
+    _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "navsim")
+
+
+@convert_app.command()
+def nuscenes(
+    dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes root (samples/, v1.0-*/)."),
+    version: str = typer.Option("v1.0-mini", "--version", help="v1.0-mini | v1.0-trainval."),
+    out: Path = typer.Option(..., "--out", help="Output dataset directory."),
+    split: str | None = typer.Option(None, "--split", help="Split name (default from --version)."),
+    can_bus: Path | None = typer.Option(
+        None, "--can-bus", help="CAN-bus expansion dir (default: <dataroot>/can_bus if present)."
+    ),
+    drivelm: Path | None = typer.Option(None, "--drivelm", help="DriveLM-nuScenes QA JSON."),
+    workers: int = _WORKERS,
+    shard: str | None = _SHARD,
+    skip_bad: bool = _SKIP_BAD,
+    copy_images: bool = _COPY,
+    size: str | None = _SIZE,
+    quiet: bool = _QUIET,
+) -> None:
+    """nuScenes keyframes -> samples (JSON tables read directly, no devkit)."""
+    from autovla.data.sources.nuscenes import NuScenesConverter
+
+    def make(images):
+        return NuScenesConverter(
+            dataroot, version, out, split=split, can_bus=can_bus, drivelm=drivelm, images=images
+        )
+
+    _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "nuscenes")
+
+
+@convert_app.command()
+def waymo(
+    tfrecords: list[str] = typer.Option(
+        ..., "--tfrecords", help="Glob(s) of WOD-E2E tfrecord files (quote them)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output dataset directory."),
+    split: str | None = typer.Option(None, "--split", help="Split (default from the file name)."),
+    clusters: Path | None = typer.Option(
+        None, "--clusters", help="JSON {context name: scenario cluster} for per-cluster RFS."
+    ),
+    workers: int = _WORKERS,
+    shard: str | None = _SHARD,
+    skip_bad: bool = _SKIP_BAD,
+    copy_images: bool = _COPY,
+    size: str | None = _SIZE,
+    quiet: bool = _QUIET,
+) -> None:
+    """Waymo E2E tfrecords -> samples (own record reader with CRC checks; no TensorFlow).
+
+    JPEGs are always written under --out; --size resizes them.
+    """
+    import glob
+
+    from autovla.data.sources.waymo import WaymoConverter
+    from autovla.io import read_json
+
+    files = sorted({Path(f) for pattern in tfrecords for f in glob.glob(pattern)})
+    if not files:
+        raise fail(f"no files match {' '.join(tfrecords)}")
+    cluster_map = read_json(clusters) if clusters else None
+
+    def make(images):
+        return WaymoConverter(files, out, split=split, images=images, clusters=cluster_map)
+
+    _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "waymo")

@@ -26,7 +26,7 @@ TABLE_KEYS = (
 )  # fmt: skip
 CASES = 3  # best and worst cases shown
 
-_CSS = """body{font-family:sans-serif;margin:2em}
+CSS = """body{font-family:sans-serif;margin:2em}
 table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}img{max-width:100%}
@@ -34,7 +34,7 @@ th:first-child,td:first-child{text-align:left}img{max-width:100%}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}"""
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,14 +43,14 @@ def _plt():
     return plt
 
 
-def _png(fig) -> str:
+def fig_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(b64: str, alt: str) -> str:
+def img_tag(b64: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
@@ -77,13 +77,13 @@ def bar_chart(groups: dict[str, dict], key: str) -> str | None:
     names = [n for n, g in groups.items() if g.get(key) is not None]
     if not names:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3))
     ax.bar(range(len(names)), [groups[n][key] for n in names], color="#4c72b0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel(key)
     ax.set_title(f"{key} per scenario type")
-    return _png(fig)
+    return fig_png(fig)
 
 
 def latency_histogram(rows: list[dict]) -> str | None:
@@ -93,21 +93,21 @@ def latency_histogram(rows: list[dict]) -> str | None:
             by_mode.setdefault(r.get("mode") or "none", []).append(r["latency"])
     if not by_mode:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     for mode, v in by_mode.items():
         ax.hist(np.asarray(v) * 1000, bins=20, alpha=0.6, label=mode)
     ax.set_xlabel("latency per plan (ms)")
     ax.set_ylabel("plans")
     ax.legend()
-    return _png(fig)
+    return fig_png(fig)
 
 
 def bev_plot(plan: np.ndarray, sample: DrivingSample | None) -> str:
     """Plan (blue) vs truth (green) vs other agents (grey boxes, dashed futures), ego frame."""
     from autovla.geometry import box_corners
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     if sample is not None and sample.scene is not None:
         for o in sample.scene.objects:
@@ -132,7 +132,7 @@ def bev_plot(plan: np.ndarray, sample: DrivingSample | None) -> str:
     ax.set_xlabel("y (m, left)")
     ax.set_ylabel("x (m, forward)")
     ax.legend(loc="lower right", fontsize=7)
-    return _png(fig)
+    return fig_png(fig)
 
 
 def _project(poses: np.ndarray, camera: dict) -> np.ndarray | None:
@@ -205,11 +205,11 @@ def _case_html(r: dict, key: str, sample: DrivingSample | None, root: Path | Non
     parts = [
         f"<div class='case'><h4>{html.escape(r['id'])} ({html.escape(str(r.get('scenario_type')))}"
         f", {key} = {_fmt(r.get(key))}, mode {html.escape(str(r.get('mode')))})</h4>",
-        _img(bev_plot(plan, sample), f"BEV {r['id']}"),
+        img_tag(bev_plot(plan, sample), f"BEV {r['id']}"),
     ]
     cam = front_camera(plan, sample, root)
     if cam:
-        parts.append(_img(cam, f"front camera {r['id']}"))
+        parts.append(img_tag(cam, f"front camera {r['id']}"))
     if r.get("reasoning"):
         parts.append(f"<pre>{html.escape(r['reasoning'])}</pre>")
     parts.append("</div>")
@@ -252,7 +252,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     for k in ("pdms", "l2_avg", "col_avg"):
         chart = bar_chart(results["by_scenario"], k)
         if chart:
-            body.append(_img(chart, f"{k} per scenario type"))
+            body.append(img_tag(chart, f"{k} per scenario type"))
     rs = results.get("reasoning", {})
     if rs.get("n_with_mode"):
         body += [
@@ -276,13 +276,13 @@ def render_report(run_dir: str | os.PathLike) -> Path:
     ]
     hist = latency_histogram(rows)
     if hist:
-        body.append(_img(hist, "latency histogram"))
+        body.append(img_tag(hist, "latency histogram"))
     for title, cases in ((f"Best cases (by {key})", best), (f"Worst cases (by {key})", worst)):
         body.append(f"<h2>{html.escape(title)}</h2>")
         body += [_case_html(r, key, samples.get(r["id"]), root) for r in cases]
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>autovla report</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>"
     )
     out = run / REPORT
     with atomic_open(out) as f:

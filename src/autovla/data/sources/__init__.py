@@ -1,0 +1,1 @@
+"""Converters from real datasets (NAVSIM/OpenScene, nuScenes, Waymo E2E) to DrivingSample."""

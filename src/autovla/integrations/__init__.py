@@ -1,0 +1,1 @@
+"""Adapters that let other frameworks (the NAVSIM devkit) run autovla planners."""
