@@ -98,3 +98,18 @@ def _read_yaml_with_inherit(path: Path, seen: tuple[Path, ...] = ()) -> dict[str
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe from `configs/`: $AUTOVLA_CONFIGS, ./configs, or the source checkout's configs."""
+    import os
+
+    candidates = []
+    if os.environ.get("AUTOVLA_CONFIGS"):
+        candidates.append(Path(os.environ["AUTOVLA_CONFIGS"]))
+    candidates += [Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"]
+    for folder in candidates:
+        if (folder / name).is_file():
+            return (folder / name).resolve()
+    searched = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"recipe {name!r} not found (looked in {searched}); set AUTOVLA_CONFIGS")

@@ -147,3 +147,67 @@ def compare(
             )
     if out is not None:
         write_json(out, res)
+
+
+@app.command("closed-loop")
+def closed_loop(
+    out: Path = typer.Option(..., help="Run directory for results.json, episodes, report."),
+    model: Path | None = typer.Option(None, help="Model directory (the trained planner)."),
+    baseline: str | None = typer.Option(
+        None, help="Built-in baseline: constant-velocity or expert."
+    ),
+    scenarios: int = typer.Option(10, min=1, help="Episodes to drive."),
+    seed: int = typer.Option(0, help="Seed of the first episode (the rest count up)."),
+    types: list[str] = typer.Option([], "--types", help="Scenario types (default: all, in turn)."),
+    mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
+    gif: list[int] = typer.Option([], "--gif", help="Save an animated GIF of episode N."),
+    overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
+    report: bool = typer.Option(True, help="Also write report.html."),
+) -> None:
+    """Drive embedded-world scenarios, replanning at 2 Hz: driving score, infractions, success."""
+    from autovla.eval.closed_loop import render_closed_loop_report, run_closed_loop
+
+    if (model is None) == (baseline is None):
+        raise fail("give exactly one of --model DIR or --baseline NAME")
+    if baseline not in (None, "constant-velocity", "expert"):
+        raise fail(f"--baseline must be constant-velocity or expert, got {baseline!r}")
+    if mode not in ("auto", "fast", "slow"):
+        raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
+    if baseline == "expert":
+        plan_fn = None
+    elif baseline is not None:
+        from autovla.eval.baselines import make_baseline
+
+        plan_fn = make_baseline(baseline)
+    else:
+        from autovla.model.checkpoint import CheckpointError
+
+        try:
+            plan_fn = _model_plan_fn(model, mode, 1, seed)
+        except CheckpointError as e:
+            raise fail(str(e)) from None
+    try:
+        results = run_closed_loop(
+            plan_fn,
+            scenarios,
+            seed,
+            out,
+            types=types or None,
+            overwrite=overwrite,
+            gif_episodes=tuple(gif),
+            planner_name=baseline or str(model),
+            model_path=str(model) if model else None,
+        )
+    except (FileExistsError, ValueError) as e:
+        raise fail(str(e)) from None
+    o = results["overall"]
+    console.print(
+        table(
+            f"closed loop: {results['planner']}",
+            ["metric", "value"],
+            [(k, o[k]) for k in ("n", "driving_score", "route_completion", "success_rate")]
+            + [(f"infractions/episode: {k}", v) for k, v in o["infractions_per_episode"].items()],
+        )
+    )
+    if report:
+        console.print(f"report: {render_closed_loop_report(out)}")
