@@ -1,0 +1,160 @@
+"""Planner latency on the CPU (tiny preset): fast vs slow plans, batch 1 and 8, against plain
+`model.generate()` producing the same number of tokens from the same inputs.
+
+    .venv/bin/python benchmarks/bench_planner.py [--threads 1] [--repeats 10]
+
+The slow plan reasons for about 400 characters (the reasoning is capped at the token count of
+a 400-character chain of thought; a random model never closes it earlier by choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_samples(root: Path, n: int, size: tuple[int, int] = (224, 112)):
+    from autovla.data.schema import STANDARD_CAMERAS, DrivingSample, EgoState
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        cams = {}
+        for cam in STANDARD_CAMERAS:
+            cams[cam] = []
+            for t in range(4):
+                rel = f"img/{i}/{cam}_{t}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / rel)
+                cams[cam].append(rel)
+        v = float(rng.uniform(0, 15))
+        out.append(
+            DrivingSample(
+                id=f"b{i}",
+                source="synthetic",
+                split="test",
+                cameras=cams,
+                ego=EgoState(vx=v),
+                instruction="go straight",
+                history=[(-v * 0.5 * k, 0.0, 0.0) for k in (3, 2, 1, 0)],
+            )
+        )
+    return out
+
+
+def reasoning_tokens(vla, chars: int = 400) -> int:
+    """Tokens of a ~`chars`-character chain of thought in this model's tokenizer."""
+    from autovla.model.corpus import reasoning_text
+
+    rng = np.random.default_rng(0)
+    text = ""
+    while len(text) < chars:
+        text += reasoning_text(rng) + "\n"
+    return len(vla.tokenizer(text[:chars], add_special_tokens=False)["input_ids"])
+
+
+def time_generate(vla, samples, root, new_tokens: int) -> float:
+    """Seconds for plain greedy generate() of exactly `new_tokens` tokens (inputs included)."""
+    from autovla.model.inputs import encode_batch
+
+    t0 = time.perf_counter()
+    batch = encode_batch(vla.processor, samples, root, vla.fmt, padding_side="left")
+    batch = {k: v.to(vla.device) for k, v in batch.items()}
+    if "pixel_values_videos" in batch:
+        batch["pixel_values_videos"] = batch["pixel_values_videos"].to(vla.model.dtype)
+    with torch.inference_mode():
+        vla.model.generate(
+            **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            pad_token_id=vla.tokenizer.pad_token_id,
+        )  # fmt: skip
+    if vla.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(vla, samples, root, batch_sizes, repeats, max_reasoning) -> list[tuple]:
+    from autovla.model.planner import Planner
+
+    planner = Planner(vla, max_reasoning_tokens=max_reasoning)
+    rows = []
+    for bs in batch_sizes:
+        batch = samples[:bs]
+        for mode in ("fast", "slow"):
+            planner.plan(batch, root, mode=mode)  # warm-up
+            lat, parts, tokens, answer_len = [], [], 0, 0
+            for _ in range(repeats):
+                res = planner.plan(batch, root, mode=mode)
+                lat.append(res[0].timings["total"])
+                parts.append(res[0].timings)
+                tokens = res[0].num_generated_tokens
+                answer_len = len(res[0].completion_ids)
+            gen = [time_generate(vla, batch, root, answer_len) for _ in range(max(2, repeats // 3))]
+            mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]}
+            rows.append(
+                (bs, mode, tokens, answer_len, 1000 * pct(lat, 50), 1000 * pct(lat, 90),
+                 1000 * mean["vision"], 1000 * mean["prefill"], 1000 * mean["decode"],
+                 1000 * pct(gen, 50), pct(gen, 50) / pct(lat, 50))
+            )  # fmt: skip
+    return rows
+
+
+def print_table(rows, title: str) -> None:
+    cols = ("batch", "mode", "sampled tok", "answer tok", "plan p50 ms", "plan p90 ms",
+            "vision ms", "prefill ms", "decode ms", "generate() p50 ms", "speed-up")  # fmt: skip
+    print(title)
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = default)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--codebook-size", type=int, default=2048)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from autovla.model.checkpoint import build_model
+    from autovla.tokenizer import Codebook
+    from autovla.tokenizer.contours import token_contours
+
+    g = torch.Generator().manual_seed(0)
+    ends = torch.zeros(args.codebook_size, 3)
+    ends[1:, 0] = torch.rand(args.codebook_size - 1, generator=g) * 10
+    ends[1:, 1] = torch.rand(args.codebook_size - 1, generator=g) - 0.5
+    codebook = Codebook(token_contours(ends, 4.8, 2.0))
+    vla = build_model(args.preset, codebook, seed=0)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        samples = make_samples(root, max(batch_sizes))
+        n_reason = reasoning_tokens(vla)
+        rows = run(vla, samples, root, batch_sizes, args.repeats, n_reason)
+    print_table(
+        rows,
+        f"planner latency, preset {args.preset}, CPU, {torch.get_num_threads()} thread(s), "
+        f"{args.codebook_size} action tokens, slow = {n_reason} reasoning tokens (~400 chars)",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`autovla model ...`: build and inspect AutoVLA model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autovla.cli.common import console, fail, table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command()
+def init(
+    preset: str = typer.Option("tiny", help="Backbone preset: tiny, small or qwen2.5-vl-3b."),
+    codebook: Path = typer.Option(..., help="Action codebook (.safetensors)."),
+    out: Path = typer.Option(..., help="Model directory to write."),
+    seed: int = typer.Option(0, help="Seed for random weights and the tokenizer corpus."),
+    prompt_format: str = typer.Option(
+        "autovla-v1", "--format", help="Prompt format: a bundled name or a YAML file."
+    ),
+    source: str = typer.Option(
+        None, help="Pretrained weights (hub id or directory); default: the preset's, if cached."
+    ),
+    random_ok: bool = typer.Option(
+        True,
+        "--random-ok/--require-pretrained",
+        help="For qwen2.5-vl-3b: build random weights when the pretrained ones are not at hand.",
+    ),
+    force: bool = typer.Option(False, help="Overwrite a non-empty output directory."),
+) -> None:
+    """Build a fresh AutoVLA (backbone + action tokens + processor + codebook) and save it."""
+    from autovla.model.backbone import PRESETS, quiet_transformers
+    from autovla.model.checkpoint import CheckpointError, build_model
+    from autovla.tokenizer import Codebook, CodebookError
+
+    quiet_transformers()
+    if preset not in PRESETS:
+        raise fail(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise fail(f"{out} is not empty (use --force to overwrite)")
+    try:
+        cb = Codebook.load(codebook)
+    except (FileNotFoundError, CodebookError, OSError) as e:
+        raise fail(f"{codebook}: {e}") from None
+    try:
+        vla = build_model(
+            preset, cb, seed=seed, fmt=prompt_format, source=source, allow_random=random_ok
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    vla.save_pretrained(out)
+    _print_info(vla, out)
+
+
+@app.command()
+def info(model: Path = typer.Argument(..., help="AutoVLA model directory.")) -> None:
+    """Describe a model directory: backbone size, tokens, pixel budget, prompt format."""
+    from autovla.model.backbone import quiet_transformers
+    from autovla.model.checkpoint import AutoVLA, CheckpointError
+
+    quiet_transformers()
+    try:
+        vla = AutoVLA.from_pretrained(model)
+    except (CheckpointError, FileNotFoundError, OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    _print_info(vla, model)
+
+
+def _print_info(vla, where: Path) -> None:
+    params = sum(p.numel() for p in vla.model.parameters())
+    vision = sum(p.numel() for p in vla.model.model.visual.parameters())
+    text = vla.model.config.text_config
+    size = vla.processor.video_processor.size
+    rows = [
+        ("directory", str(where)),
+        ("base model", vla.info.get("base_model", "?")),
+        ("parameters", f"{params:,} ({vision:,} vision)"),
+        ("text layers x hidden", f"{text.num_hidden_layers} x {text.hidden_size}"),
+        ("vocabulary", f"{len(vla.tokenizer):,} tokens, {text.vocab_size:,} embedding rows"),
+        ("action tokens", f"{vla.num_actions} from id {vla.action_start}"),
+        ("pixels per frame", f"{size.shortest_edge} - {size.longest_edge}"),
+        ("prompt format", f"{vla.fmt.name} v{vla.fmt.version}"),
+    ]
+    console.print(table("AutoVLA model", ["field", "value"], rows))

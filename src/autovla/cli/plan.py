@@ -1,0 +1,108 @@
+"""`autovla plan`: plan one sample of a dataset with a model; print it, optionally draw it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autovla.cli.common import console, fail, table
+
+
+def plan(
+    model: Path = typer.Option(..., help="AutoVLA model directory."),
+    data: Path = typer.Option(..., help="Dataset directory (or manifest file)."),
+    index: int = typer.Option(None, help="Sample index in the manifest (default 0)."),
+    sample_id: str = typer.Option(None, "--id", help="Sample id (instead of --index)."),
+    split: str = typer.Option(None, help="Only samples of this split."),
+    mode: str = typer.Option("auto", help="auto (the model decides), fast or slow."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Path = typer.Option(None, help="Write plan.png and plan.json here."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
+) -> None:
+    """Plan one sample: prints the trajectory, the mode and the reasoning."""
+    import numpy as np
+    import torch
+
+    from autovla.data.manifest import ManifestError, dataset_root, iter_samples
+    from autovla.io import write_json
+    from autovla.model.backbone import quiet_transformers
+    from autovla.model.checkpoint import AutoVLA, CheckpointError
+    from autovla.model.planner import Planner
+
+    quiet_transformers()
+    if mode not in ("auto", "fast", "slow"):
+        raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
+    if index is not None and sample_id is not None:
+        raise fail("give --index or --id, not both")
+    try:
+        sample = _pick(iter_samples(data, split), index or 0, sample_id)
+    except (FileNotFoundError, ManifestError) as e:
+        raise fail(str(e)) from None
+    if sample is None:
+        what = f"id {sample_id!r}" if sample_id is not None else f"index {index}"
+        raise fail(f"{data}: no sample with {what}" + (f" in split {split!r}" if split else ""))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.startswith("cuda") else None
+    try:
+        vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
+    except (CheckpointError, FileNotFoundError, OSError) as e:
+        raise fail(str(e)) from None
+    root = dataset_root(data)
+    try:
+        (res,) = Planner(vla).plan(
+            [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
+        )
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    console.print(
+        f"sample [bold]{sample.id}[/] ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
+        f"mode [bold]{res.mode}[/], {res.num_generated_tokens} tokens generated, "
+        f"{1000 * res.timings['total']:.0f} ms"
+    )
+    truth = sample.future_array() if sample.future is not None else None
+    rows = []
+    for k, p in enumerate(res.trajectory):
+        row = [f"{0.5 * (k + 1):.1f}", res.action_ids[k], *(float(v) for v in p)]
+        if truth is not None:
+            row.append(float(np.hypot(*(p[:2] - truth[k, :2]))))
+        rows.append(row)
+    cols = ["t (s)", "token", "x", "y", "heading"] + (["error (m)"] if truth is not None else [])
+    console.print(table("plan", cols, rows))
+    if res.reasoning:
+        console.print("[bold]reasoning[/]\n" + res.reasoning, highlight=False)
+    if out is not None:
+        from autovla.model.visualize import save_plan_png
+
+        out.mkdir(parents=True, exist_ok=True)
+        png = save_plan_png(
+            out / f"plan_{sample.id}.png", sample, root, res.trajectory,
+            title=f"{sample.id}: {res.mode} plan",
+        )  # fmt: skip
+        write_json(
+            out / f"plan_{sample.id}.json",
+            {
+                "id": sample.id,
+                "mode": res.mode,
+                "trajectory": res.trajectory.tolist(),
+                "action_ids": res.action_ids,
+                "reasoning": res.reasoning,
+                "text": res.text,
+                "num_generated_tokens": res.num_generated_tokens,
+                "timings": res.timings,
+            },
+        )
+        console.print(f"wrote {png}")
+
+
+def _pick(samples, index: int, sample_id: str | None):
+    for i, s in enumerate(samples):
+        if (sample_id is not None and s.id == sample_id) or (sample_id is None and i == index):
+            return s
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)

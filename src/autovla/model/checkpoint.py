@@ -1,0 +1,244 @@
+"""The AutoVLA model directory: backbone + tokenizer with action tokens + processor + codebook.
+
+One self-contained directory, loadable offline:
+
+    config.json, model.safetensors, generation_config.json   (the Qwen2.5-VL model)
+    tokenizer.json, tokenizer_config.json, processor_config.json, ...   (the processor)
+    codebook.safetensors       (the action codebook)
+    prompt_format.yaml         (the prompt wording the model was trained with)
+    autovla.json               (format version, action-token range, trajectory settings)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autovla.data.schema import FUTURE_STEPS, STEP_SECONDS
+from autovla.io import read_json, write_json
+from autovla.model.backbone import (
+    QWEN_3B_ID,
+    build_random,
+    get_preset,
+    load_pretrained,
+    resolve_pretrained,
+)
+from autovla.model.prompts import PromptFormat, load_format
+
+INFO_FILE = "autovla.json"
+CODEBOOK_FILE = "codebook.safetensors"
+DIR_FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be used (names the directory and the problem)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class AutoVLA:
+    """A Qwen2.5-VL model that plans with `<action_i>` tokens, and everything to run it."""
+
+    model: Any  # Qwen2_5_VLForConditionalGeneration
+    processor: Any  # Qwen2_5_VLProcessor
+    codebook: Any  # autovla.tokenizer.Codebook
+    fmt: PromptFormat
+    action_start: int  # token id of <action_0>
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.codebook.size)
+
+    @property
+    def action_end(self) -> int:
+        """One past the last action token id."""
+        return self.action_start + self.num_actions
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def action_ids_to_tokens(self, token_ids: list[int]) -> list[int]:
+        """Codebook indices of vocabulary ids (which must be action tokens)."""
+        return [int(t) - self.action_start for t in token_ids]
+
+    # --- save / load ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        self.codebook.save(out / CODEBOOK_FILE)
+        self.fmt.save(out)
+        info = dict(self.info)
+        info.update(
+            {
+                "format": "autovla-model",
+                "format_version": DIR_FORMAT_VERSION,
+                "prompt_format": {"name": self.fmt.name, "version": self.fmt.version},
+                "action_token_start": self.action_start,
+                "num_action_tokens": self.num_actions,
+                "codebook_file": CODEBOOK_FILE,
+                "codebook_sha256": _sha256(out / CODEBOOK_FILE),
+                "future_steps": FUTURE_STEPS,
+                "step_seconds": STEP_SECONDS,
+            }
+        )
+        write_json(out / INFO_FILE, info)
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: Any = "cpu",
+        dtype: Any = None,
+        fmt: str | os.PathLike | PromptFormat | None = None,
+    ) -> AutoVLA:
+        """Load a model directory; `fmt` overrides the stored prompt format."""
+        from autovla.tokenizer import Codebook
+
+        d = Path(directory)
+        info_path = d / INFO_FILE
+        if not info_path.exists():
+            raise CheckpointError(f"{d}: not an AutoVLA model directory (no {INFO_FILE})")
+        info = read_json(info_path)
+        if info.get("format_version", 0) > DIR_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{info_path}: format_version {info.get('format_version')} is newer than "
+                f"this code ({DIR_FORMAT_VERSION})"
+            )
+        cb_path = d / info.get("codebook_file", CODEBOOK_FILE)
+        if not cb_path.exists():
+            raise CheckpointError(f"{d}: codebook file {cb_path.name} is missing")
+        if info.get("codebook_sha256") and _sha256(cb_path) != info["codebook_sha256"]:
+            raise CheckpointError(
+                f"{cb_path}: the codebook differs from the one the model was saved with "
+                "(sha256 mismatch); its action tokens would mean other motions"
+            )
+        codebook = Codebook.load(cb_path)
+        model, processor = load_pretrained(d, dtype=dtype, device=None)
+        model.to(device)
+        fmt_obj = load_format(fmt if fmt is not None else d)
+        vla = cls(model, processor, codebook, fmt_obj, int(info["action_token_start"]), info)
+        check_action_tokens(vla, where=str(d))
+        return vla
+
+
+def check_action_tokens(vla: AutoVLA, where: str = "model") -> None:
+    """The tokenizer's <action_i> tokens, the embedding rows and the codebook must agree."""
+    from autovla.model.inputs import action_id_range
+
+    first, count = action_id_range(vla.tokenizer)
+    size = vla.codebook.size
+    if count == 0:
+        raise CheckpointError(f"{where}: the tokenizer has no <action_i> tokens")
+    if count != size:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {count} action tokens but the codebook has {size}"
+        )
+    if first != vla.action_start:
+        raise CheckpointError(
+            f"{where}: <action_0> has id {first}, the model info says {vla.action_start}"
+        )
+    rows = vla.model.get_input_embeddings().weight.shape[0]
+    if first + count > rows:
+        raise CheckpointError(
+            f"{where}: action tokens need {first + count} embedding rows, model has {rows}"
+        )
+
+
+def _mean_init_rows(model: Any, start: int, stop: int, reference_rows: int) -> None:
+    """Set embedding (and untied output) rows [start, stop) to the mean of the first rows."""
+    import torch
+
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[start:stop] = emb[:reference_rows].mean(0, keepdim=True)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            head.weight[start:stop] = head.weight[:reference_rows].mean(0, keepdim=True)
+
+
+def add_tokens_to_model(vla_model: Any, tokenizer: Any, fmt: PromptFormat, num_actions: int) -> int:
+    """Add the format's structure tokens and K action tokens; resize and mean-initialise.
+
+    Returns the id of <action_0>.
+    """
+    from autovla.tokenizer.action import add_action_tokens
+
+    before = len(tokenizer)
+    missing = [t for t in fmt.structure_tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    ids = list(add_action_tokens(tokenizer, num_actions))
+    if ids != list(range(ids[0], ids[0] + num_actions)):
+        raise CheckpointError("action tokens did not get contiguous ids")
+    rows = vla_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        vla_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    # Rows of ids added now (they may also sit in a checkpoint's unused padding rows).
+    _mean_init_rows(vla_model, before, len(tokenizer), reference_rows=before)
+    return ids[0]
+
+
+def build_model(
+    preset: str,
+    codebook: Any,
+    seed: int = 0,
+    fmt: str | os.PathLike | PromptFormat | None = None,
+    source: str | os.PathLike | None = None,
+    dtype: Any = None,
+    device: Any = "cpu",
+    allow_random: bool = True,
+    random_weights: bool = False,
+) -> AutoVLA:
+    """A fresh AutoVLA: a preset backbone plus the codebook's action tokens.
+
+    For `qwen2.5-vl-3b` the pretrained weights are loaded from `source` (default: the hub id,
+    from the local cache only) when available; otherwise the architecture is built from its
+    config with random weights when `allow_random` (speed benchmarks), else an error.
+    `random_weights` skips looking for pretrained weights.
+    """
+    import torch
+
+    p = get_preset(preset)
+    fmt_obj = load_format(fmt)
+    info: dict[str, Any] = {"preset": p.name, "pixels": p.pixels, "seed": seed}
+    resolved = None
+    if not random_weights and (p.pretrained is not None or source is not None):
+        resolved = resolve_pretrained(source or p.pretrained or QWEN_3B_ID)
+        if resolved is None and not allow_random:
+            raise CheckpointError(
+                f"pretrained weights {source or p.pretrained!r} are not available offline"
+            )
+    if resolved is not None:
+        model, processor = load_pretrained(resolved, pixels=p.pixels, dtype=dtype)
+        info["base_model"] = str(source or p.pretrained)
+    else:
+        model, processor = build_random(p, fmt_obj, seed=seed, device=device, dtype=dtype)
+        info["base_model"] = f"random:{p.name}"
+    torch.manual_seed(seed)
+    start = add_tokens_to_model(model, processor.tokenizer, fmt_obj, codebook.size)
+    if dtype is not None:
+        model.to(dtype)
+    model.to(device)
+    model.eval()
+    vla = AutoVLA(model, processor, codebook, fmt_obj, start, info)
+    check_action_tokens(vla)
+    return vla

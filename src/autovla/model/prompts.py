@@ -1,0 +1,210 @@
+"""The prompt, in one place: system prompts, the user turn and the assistant answer.
+
+The wording lives in a versioned template file (`prompt_formats/<name>.yaml`), loaded into a
+`PromptFormat`; a model directory stores the format it was trained with. Training and
+inference build their text with the same functions below.
+
+Answer structure (METHOD section 2):
+
+    think_open + (fast_line | slow_line + reasoning) + think_close
+    + action_open + <action_a1>...<action_a10> + action_close
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+
+from autovla.config import StrictModel
+from autovla.data.schema import STANDARD_CAMERAS, DrivingSample
+
+Mode = Literal["fast", "slow"]
+SystemKind = Literal["dual", "action_only"]
+
+FORMATS_DIR = Path(__file__).parent / "prompt_formats"
+DEFAULT_FORMAT = "autovla-v1"
+FORMAT_FILE = "prompt_format.yaml"  # name inside a model directory
+
+_ACTION_RE = re.compile(r"<action_(\d+)>")
+
+
+class PromptFormat(StrictModel):
+    """All text of the prompt and the answer; see prompt_formats/autovla-v1.yaml."""
+
+    name: str
+    version: int = Field(ge=1)
+    system_dual: str
+    system_action_only: str
+    user_intro: str
+    camera_labels: dict[str, str]
+    camera_separator: str = "\n"
+    user_state: str = Field(description="format string with {speed}, {accel}, {instruction}")
+    think_open: str
+    fast_line: str
+    slow_line: str
+    think_close: str
+    action_open: str
+    action_close: str
+    structure_tokens: list[str] = Field(default_factory=list)
+    max_reasoning_tokens: int = Field(default=256, ge=1)
+
+    # --- files ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path_or_name: str | Path = DEFAULT_FORMAT) -> PromptFormat:
+        """Load a format file, a model directory holding one, or a bundled format by name."""
+        p = Path(path_or_name)
+        if p.is_dir():
+            p = p / FORMAT_FILE
+        elif not p.exists():
+            bundled = FORMATS_DIR / f"{path_or_name}.yaml"
+            if not bundled.exists():
+                known = ", ".join(sorted(f.stem for f in FORMATS_DIR.glob("*.yaml")))
+                raise FileNotFoundError(
+                    f"prompt format {str(path_or_name)!r} is neither a file nor a bundled "
+                    f"format (bundled: {known})"
+                )
+            p = bundled
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            return cls.model_validate(data)
+        except Exception as e:
+            raise ValueError(f"{p}: invalid prompt format: {e}") from e
+
+    def save(self, directory: str | Path) -> Path:
+        from autovla.io import atomic_open
+
+        path = Path(directory) / FORMAT_FILE
+        with atomic_open(path) as f:
+            yaml.safe_dump(self.model_dump(), f, sort_keys=False, allow_unicode=True, width=100)
+        return path
+
+    # --- mode markers ----------------------------------------------------------------------
+    @property
+    def fast_marker(self) -> str:
+        """The answer prefix that means fast thinking."""
+        return self.think_open + self.fast_line
+
+    @property
+    def slow_marker(self) -> str:
+        """The answer prefix that means slow thinking (the reward's length penalty keys on it)."""
+        return self.think_open + self.slow_line
+
+    def mode_of(self, text: str) -> Mode | None:
+        if text.startswith(self.slow_marker):
+            return "slow"
+        if text.startswith(self.fast_marker):
+            return "fast"
+        return None
+
+
+def load_format(path_or_name: str | Path | PromptFormat | None = None) -> PromptFormat:
+    if isinstance(path_or_name, PromptFormat):
+        return path_or_name
+    return PromptFormat.load(path_or_name or DEFAULT_FORMAT)
+
+
+# --- user turn -------------------------------------------------------------------------------
+def ordered_cameras(sample: DrivingSample) -> list[str]:
+    """Standard cameras first in their fixed order, then any others in schema order."""
+    missing = [c for c in STANDARD_CAMERAS if c not in sample.cameras]
+    if missing:
+        raise ValueError(f"sample {sample.id!r}: field 'cameras' lacks {', '.join(missing)}")
+    return list(STANDARD_CAMERAS)
+
+
+def user_state_text(sample: DrivingSample, fmt: PromptFormat) -> str:
+    return fmt.user_state.format(
+        speed=sample.ego.speed, accel=sample.ego.accel, instruction=sample.instruction.lower()
+    )
+
+
+def build_messages(
+    sample: DrivingSample, fmt: PromptFormat, system: SystemKind = "dual"
+) -> list[dict[str, Any]]:
+    """Chat messages for one sample; each video is the list of its frame paths (oldest first).
+
+    Frame paths are as stored in the sample (relative to the dataset root); `inputs.load_videos`
+    opens them. The answer is not included.
+    """
+    if system not in ("dual", "action_only"):
+        raise ValueError(f"system must be 'dual' or 'action_only', got {system!r}")
+    system_text = fmt.system_dual if system == "dual" else fmt.system_action_only
+    content: list[dict[str, Any]] = [{"type": "text", "text": fmt.user_intro}]
+    for i, cam in enumerate(ordered_cameras(sample)):
+        if i:
+            content.append({"type": "text", "text": fmt.camera_separator})
+        content.append({"type": "text", "text": fmt.camera_labels.get(cam, f"{cam}: ")})
+        content.append({"type": "video", "video": list(sample.cameras[cam])})
+    content.append({"type": "text", "text": user_state_text(sample, fmt)})
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_text}]},
+        {"role": "user", "content": content},
+    ]
+
+
+# --- assistant answer ------------------------------------------------------------------------
+def _action_text(action_ids: list[int]) -> str:
+    from autovla.tokenizer.action import action_token
+
+    return "".join(action_token(int(i)) for i in action_ids)
+
+
+def mode_prefix(mode: Mode, fmt: PromptFormat) -> str:
+    """Answer text that forces a mode (pre-filled before generation)."""
+    if mode == "fast":
+        return fmt.fast_marker
+    if mode == "slow":
+        return fmt.slow_marker
+    raise ValueError(f"mode must be 'fast' or 'slow', got {mode!r}")
+
+
+def reasoning_block(reasoning: str) -> str:
+    """The chain of thought as it sits between the mode line and think_close."""
+    return reasoning.strip() + "\n"
+
+
+def render_answer(action_ids: list[int], reasoning: str | None, fmt: PromptFormat) -> str:
+    """The full assistant answer: fast when reasoning is empty/None, slow otherwise."""
+    if reasoning is not None and reasoning.strip():
+        head = fmt.slow_marker + reasoning_block(reasoning)
+    else:
+        head = fmt.fast_marker
+    return head + fmt.think_close + fmt.action_open + _action_text(action_ids) + fmt.action_close
+
+
+def parse_answer(text: str, fmt: PromptFormat) -> tuple[Mode | None, str | None, str]:
+    """Split a completion into (mode, reasoning, action_text).
+
+    mode is None when the text starts with neither marker; reasoning is None in fast mode;
+    action_text is what follows action_open up to action_close (or the end).
+    """
+    mode = fmt.mode_of(text)
+    reasoning: str | None = None
+    body = text
+    if mode is not None:
+        body = text[len(fmt.slow_marker if mode == "slow" else fmt.fast_marker) :]
+    close = fmt.think_close.strip()
+    cut = body.find(close) if close else -1
+    think_part, rest = (body[:cut], body[cut + len(close) :]) if cut >= 0 else (body, "")
+    if mode == "slow":
+        reasoning = think_part.strip()
+    open_ = fmt.action_open.strip()
+    start = rest.find(open_) if open_ else -1
+    if start < 0:  # no answer block: take anything that looks like action tokens
+        first = text.find("<action_")
+        action_text = text[first:] if first >= 0 else ""
+    else:
+        action_text = rest[start + len(open_) :]
+    end_ = fmt.action_close.strip()
+    if end_ and end_ in action_text:
+        action_text = action_text[: action_text.find(end_)]
+    return mode, reasoning, action_text.strip()
+
+
+def action_ids_from_text(action_text: str) -> list[int]:
+    """Codebook indices of the `<action_i>` tokens in a text, in order."""
+    return [int(m) for m in _ACTION_RE.findall(action_text)]
