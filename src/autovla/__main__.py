@@ -1,0 +1,3 @@
+from autovla.cli import main
+
+main()
