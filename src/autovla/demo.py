@@ -66,6 +66,7 @@ class Stage:
     args: list[str]  # the autovla command line
     outputs: list[Path]  # present when the stage has finished
     prepare: Callable[[], None] | None = None  # writes configs the command reads
+    finish: Callable[[], None] | None = None  # runs after the command succeeded
     allow_failure: bool = False  # optional stages report and carry on
     meta: dict = field(default_factory=dict)
 
@@ -73,6 +74,22 @@ class Stage:
 def _write_yaml(path: Path, data: dict) -> None:
     with atomic_open(path) as f:
         yaml.safe_dump(data, f, sort_keys=False)
+
+
+def link_final(run_dir: Path) -> Callable[[], None]:
+    """`run_dir/final` -> the last checkpoint, so later stages have one stable path."""
+
+    def link() -> None:
+        from autovla.train.checkpointing import latest_checkpoint
+
+        last = latest_checkpoint(run_dir / "checkpoints")
+        if last is None:
+            raise RuntimeError(f"no checkpoint was written under {run_dir / 'checkpoints'}")
+        final = run_dir / "final"
+        final.unlink(missing_ok=True)
+        final.symlink_to(last.relative_to(run_dir))
+
+    return link
 
 
 def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
@@ -104,11 +121,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "inherit": str(recipe_path("tiny-rft.yaml")),
                 "model": {"path": str(sft_model)},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
-                "train": {
-                    "max_steps": cfg.rft_steps,
-                    "prompts_per_step": cfg.rft_prompts,
-                    "group_size": cfg.rft_group,
-                },
+                "train": {"max_steps": cfg.rft_steps, "prompts_per_step": cfg.rft_prompts},
+                "grpo": {"group_size": cfg.rft_group},
                 "output": {"dir": str(rft_dir)},
             },
         )
@@ -162,6 +176,7 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
             ["train", "sft", "--config", str(cfg_dir / "sft.yaml")],
             [sft_model],
             prepare=write_sft_config,
+            finish=link_final(sft_dir),
         ),
         Stage(
             "rft",
@@ -169,6 +184,7 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
             ["train", "rft", "--config", str(cfg_dir / "rft.yaml")],
             [rft_model],
             prepare=write_rft_config,
+            finish=link_final(rft_dir),
         ),
     ]
     planners = {
@@ -270,6 +286,8 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         seconds = time.perf_counter() - t0
         if code != 0:
             raise RuntimeError(f"stage {st.name} failed (exit {code}); rerun to resume")
+        if st.finish:
+            st.finish()
         state[st.name] = {"seconds": round(seconds, 1), "command": ["autovla", *st.args]}
         write_json(out / STATE_FILE, state)
         elapsed = time.perf_counter() - t_start
