@@ -1,0 +1,140 @@
+"""`autovla sim ...`: generate datasets, score expert plans, draw BEV views, run episodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autovla.cli.common import console, fail, table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise fail(f"--image-size must look like 224x112, got {text!r}") from None
+    return w, h
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., help="Output dataset directory (resumes if it exists)."),
+    scenes: int = typer.Option(
+        110, help="Number of scenes (each gives --samples-per-scene samples)."
+    ),
+    seed: int = typer.Option(0, help="Master seed: same seed, same bytes."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    types: list[str] = typer.Option(None, "--types", help="Scenario types (repeat); default all."),
+    image_size: str = typer.Option("224x112", help="Camera image size WxH."),
+    samples_per_scene: int = typer.Option(8, help="Samples per scene, 0.5 s apart."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    back_cameras: bool = typer.Option(False, help="Also render back, back_left, back_right."),
+) -> None:
+    """Roll out scenarios with the expert, render cameras and write a DrivingSample dataset."""
+    from autovla.data.schema import CAMERA_NAMES, STANDARD_CAMERAS
+    from autovla.sim.export import generate_dataset
+
+    try:
+        generate_dataset(
+            out,
+            scenes,
+            seed,
+            workers,
+            types or None,
+            _size(image_size),
+            progress,
+            samples_per_scene,
+            cameras=CAMERA_NAMES if back_cameras else STANDARD_CAMERAS,
+        )
+    except ValueError as e:
+        raise fail(str(e)) from None
+    console.print(f"[green]ok[/]: dataset in {out}")
+
+
+@app.command("types")
+def list_types() -> None:
+    """List the scenario types and whether each is complex."""
+    from autovla.sim.scenarios import SCENARIO_TYPES
+
+    console.print(table("scenario types", ["type", "complex"], SCENARIO_TYPES.items()))
+
+
+@app.command()
+def score(
+    path: Path = typer.Argument(..., help="Dataset directory written by `sim generate`."),
+    split: str = typer.Option(None, help="Only this split."),
+    limit: int = typer.Option(0, help="Score at most this many samples (0 = all)."),
+) -> None:
+    """Score each sample's expert future (sanity check of data and scorer), by scenario type."""
+    import numpy as np
+
+    from autovla.data.manifest import ManifestError, iter_samples
+    from autovla.sim.scoring import score_sample
+
+    rows: dict[str, list[dict]] = {}
+    try:
+        for i, s in enumerate(iter_samples(path, split)):
+            if limit and i >= limit:
+                break
+            if s.future is None or not s.scoring:
+                continue
+            rows.setdefault(s.scenario_type or "?", []).append(
+                score_sample(path, s, s.future_array()[None]).row(0)
+            )
+    except (FileNotFoundError, ManifestError, ValueError) as e:
+        raise fail(str(e)) from None
+    metrics = ["pdms", "nc", "dac", "ttc", "comfort", "ep", "red_light", "pedestrian"]
+    out = [
+        (k, len(v), *(float(np.mean([r[m] for r in v])) for m in metrics))
+        for k, v in sorted(rows.items())
+    ]
+    console.print(table("expert plan scores", ["type", "n", *metrics], out))
+
+
+@app.command()
+def bev(
+    path: Path = typer.Argument(..., help="Dataset directory."),
+    sample_id: str = typer.Argument(..., help="Sample id."),
+    out: Path = typer.Option(Path("bev.png"), help="Output PNG."),
+) -> None:
+    """Draw a sample's top-down view with its expert future."""
+    from autovla.data.manifest import iter_samples
+    from autovla.sim.render import render_bev
+    from autovla.sim.scoring import load_scoring
+
+    try:
+        sample = next((s for s in iter_samples(path) if s.id == sample_id), None)
+        if sample is None:
+            raise fail(f"no sample {sample_id!r} in {path}")
+        data = load_scoring(path, sample)
+    except (FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    trajs = {"expert": sample.future_array()} if sample.future else {}
+    render_bev(data, trajs).save(out)
+    console.print(f"[green]ok[/]: {out}")
+
+
+@app.command()
+def episode(
+    scenario_type: str = typer.Argument(..., help="Scenario type (see `sim types`)."),
+    seed: int = typer.Option(0, help="Scenario seed."),
+    work_dir: Path = typer.Option(Path("episode"), help="Where camera frames are written."),
+) -> None:
+    """Drive one closed-loop episode with the expert planner and print its metrics."""
+    from autovla.sim.closed_loop import expert_episode
+
+    try:
+        r = expert_episode(scenario_type, seed, work_dir)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    rows = [
+        ("route_completion", r.route_completion),
+        ("infraction_penalty", r.infraction_penalty),
+        ("driving_score", r.driving_score),
+        ("success", str(r.success)),
+    ]
+    rows += [(k, v) for k, v in r.infractions.items()]
+    console.print(table(f"{scenario_type} seed {seed}", ["metric", "value"], rows))

@@ -1,0 +1,1 @@
+"""The embedded driving world: scenarios, expert, renderer, dataset export, scoring, closed loop."""
