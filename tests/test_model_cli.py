@@ -77,8 +77,8 @@ def test_plan_projection_uses_dataset_cameras(tmp_path):
     import numpy as np
 
     from autovla.io import write_json
-    from autovla.model.visualize import _project, front_calibration
-    from autovla.sim.render import make_cameras
+    from autovla.model.visualize import front_calibration
+    from autovla.sim.render import ground_pixels, make_cameras
     from tests.model_fixtures import sample
 
     root = tmp_path / "ds"
@@ -87,6 +87,6 @@ def test_plan_projection_uses_dataset_cameras(tmp_path):
     (front,) = make_cameras(("front",), (224, 112))
     write_json(root / "dataset.json", {"cameras": {"front": front.to_dict()}})
     calib = front_calibration(s, root)
-    uv = _project(np.array([[10.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), calib)
+    uv = ground_pixels(np.array([[10.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), calib)
     assert abs(uv[0, 0] - 112) < 1.0 and 56 < uv[0, 1] < 112  # ahead: centre column, below horizon
     assert np.isnan(uv[1]).all()  # behind the camera

@@ -17,6 +17,7 @@ from autovla.data.manifest import dataset_root, iter_samples
 from autovla.data.schema import DrivingSample
 from autovla.eval.open_loop import RESULTS, read_rows
 from autovla.io import atomic_open, read_json
+from autovla.sim.render import ground_pixels
 
 REPORT = "report.html"
 TABLE_KEYS = (
@@ -135,20 +136,6 @@ def bev_plot(plan: np.ndarray, sample: DrivingSample | None) -> str:
     return fig_png(fig)
 
 
-def _project(poses: np.ndarray, camera: dict) -> np.ndarray | None:
-    """Pixels (T, 2) of ground points under the poses; NaN behind the camera."""
-    from autovla.sim.render import project_points
-
-    pts = np.concatenate([poses[:, :2], np.zeros((len(poses), 1))], axis=1)
-    try:
-        uv, depth = project_points(pts, camera)
-    except (KeyError, ValueError, TypeError):
-        return None
-    uv = uv.copy()
-    uv[depth <= 0.1] = np.nan
-    return uv
-
-
 def front_camera(plan: np.ndarray, sample: DrivingSample | None, root: Path | None) -> str | None:
     """The newest front image with the plan (blue) and truth (green) drawn on the ground.
 
@@ -172,7 +159,7 @@ def front_camera(plan: np.ndarray, sample: DrivingSample | None, root: Path | No
         if sample.future is not None:
             lines.insert(0, (sample.future_array(), (42, 157, 75)))
         for poses, colour in lines:
-            uv = _project(np.concatenate([np.zeros((1, 3)), poses]), camera)
+            uv = ground_pixels(np.concatenate([np.zeros((1, 3)), poses]), camera)
             if uv is None:
                 continue
             pts = [tuple(p) for p in uv if np.all(np.isfinite(p))]

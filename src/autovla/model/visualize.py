@@ -12,6 +12,7 @@ import numpy as np
 from autovla.data.schema import DrivingSample
 from autovla.geometry import box_corners
 from autovla.io import atomic_path, read_json
+from autovla.sim.render import ground_pixels
 
 
 def front_calibration(sample: DrivingSample, root: Path) -> dict[str, Any] | None:
@@ -33,22 +34,6 @@ def front_calibration(sample: DrivingSample, root: Path) -> dict[str, Any] | Non
         if isinstance(cams, dict) and isinstance(cams.get("front"), dict):
             return cams["front"]
     return None
-
-
-def _project(poses: np.ndarray, camera: dict[str, Any]) -> np.ndarray | None:
-    """Pixels of ground points under the poses, NaN where behind the camera."""
-    try:
-        from autovla.sim.render import project_points
-    except ImportError:
-        return None
-    pts = np.concatenate([poses[:, :2], np.zeros((len(poses), 1))], axis=1)
-    try:
-        uv, depth = project_points(pts, camera)
-    except (KeyError, ValueError, TypeError):
-        return None
-    uv = uv.copy()
-    uv[depth <= 0.1] = np.nan
-    return uv
 
 
 def save_plan_png(
@@ -96,10 +81,10 @@ def save_plan_png(
             image = np.asarray(im.convert("RGB"))
         cam.imshow(image)
         calib = front_calibration(sample, root)
-        uv = _project(plan, calib) if calib else None
+        uv = ground_pixels(plan, calib) if calib else None
         if uv is not None:
             cam.plot(uv[:, 0], uv[:, 1], "o-", color="#1f5bd1", ms=3)
-            if truth is not None and (tv := _project(truth, calib)) is not None:
+            if truth is not None and (tv := ground_pixels(truth, calib)) is not None:
                 cam.plot(tv[:, 0], tv[:, 1], "o-", color="#2a9d4b", ms=3)
             cam.set_xlim(0, image.shape[1])
             cam.set_ylim(image.shape[0], 0)

@@ -138,6 +138,20 @@ def project_trajectory(
     return uv, (depth > NEAR) & inside & (uv[..., 1] < cam["height"])
 
 
+def ground_pixels(traj: np.ndarray, camera: dict | Camera) -> np.ndarray | None:
+    """Pixels (T, 2) of ground points under ego-frame poses, NaN where behind the camera; None
+    when `camera` is not a usable camera model (plots then show the raw image)."""
+    t = np.asarray(traj, dtype=np.float64)
+    pts = np.concatenate([t[..., :2], np.zeros((*t.shape[:-1], 1))], -1)
+    try:
+        uv, depth = project_points(pts, camera)
+    except (KeyError, ValueError, TypeError):
+        return None
+    uv = uv.copy()
+    uv[depth <= NEAR] = np.nan
+    return uv
+
+
 # --- static scene geometry ----------------------------------------------------------------
 def _resample(pts: np.ndarray, step: float = 0.5) -> np.ndarray:
     seg = np.hypot(*np.diff(pts, axis=0).T)
