@@ -1,0 +1,109 @@
+"""`autovla train ...`: fine-tuning commands (SFT here; RFT is added beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autovla.cli.common import console, fail
+
+app = typer.Typer(no_args_is_help=True)
+
+CONFIG_OPTION = typer.Option(..., "--config", "-c", help="YAML recipe (see configs/).")
+OVERRIDES_ARG = typer.Argument(None, help="Overrides such as train.max_steps=10 optim.lr=1e-4.")
+
+
+def load_run_config(cls: type, config: Path, overrides: list[str] | None):
+    """A typed config from YAML + overrides, or a user-facing error (shared by train commands)."""
+    from autovla.config import ConfigError, load_config
+
+    try:
+        return load_config(cls, config, overrides or [])
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+@app.command("sft")
+def sft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
+    """Supervised fine-tuning with dual thinking (or action-only); resumes when interrupted.
+
+    Run under `accelerate launch --config_file configs/accelerate/ddp.yaml -m autovla.cli ...`
+    (or the `autovla` script) for several processes.
+    """
+    from autovla.train.config import SFTConfig
+
+    cfg = load_run_config(SFTConfig, config, overrides)
+    from autovla.data.manifest import ManifestError
+    from autovla.model.checkpoint import CheckpointError
+    from autovla.tokenizer import CodebookError
+    from autovla.train.data import EmptyDatasetError
+    from autovla.train.model_setup import CodebookMismatchError
+    from autovla.train.sft import SFTDataError, train_sft
+
+    user_errors = (
+        EmptyDatasetError,
+        SFTDataError,
+        CodebookMismatchError,
+        CodebookError,
+        CheckpointError,
+        ManifestError,
+        FileNotFoundError,
+    )
+    try:
+        result = train_sft(cfg)
+    except user_errors as e:
+        raise fail(str(e)) from None
+    if result.interrupted:
+        if result.is_main:
+            console.print(f"interrupted at step {result.steps}; resume with the same command")
+        raise typer.Exit(130)
+    if not result.is_main:
+        return
+    if result.val:
+        v = result.val
+        console.print(
+            f"val: L2 avg {v.get('l2_avg', float('nan')):.3f} m (constant velocity "
+            f"{v.get('cv_l2_avg', float('nan')):.3f}), slow thinking on complex "
+            f"{v.get('slow_share_complex', float('nan')):.2f} vs straightforward "
+            f"{v.get('slow_share_straightforward', float('nan')):.2f}"
+        )
+    console.print(f"checkpoint: {result.checkpoint}")
+
+
+@app.command("rft")
+def rft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
+    """Reinforcement fine-tuning with GRPO from an SFT model; resumes when interrupted.
+
+    Several processes: `accelerate launch -m autovla.cli train rft ...` (DDP; each process
+    samples whole groups for its own prompts).
+    """
+    from autovla.train.rft_config import RFTConfig
+
+    cfg = load_run_config(RFTConfig, config, overrides)
+    from autovla.data.manifest import ManifestError
+    from autovla.model.checkpoint import CheckpointError
+    from autovla.tokenizer import CodebookError
+    from autovla.train.data import EmptyDatasetError
+    from autovla.train.model_setup import CodebookMismatchError
+    from autovla.train.rft import RFTDataError, train_rft
+
+    user_errors = (
+        EmptyDatasetError, RFTDataError, CodebookMismatchError, CodebookError, CheckpointError,
+        ManifestError, FileNotFoundError,
+    )  # fmt: skip
+    try:
+        result = train_rft(cfg)
+    except user_errors as e:
+        raise fail(str(e)) from None
+    if result.interrupted:
+        console.print(f"interrupted at step {result.steps}; resume with the same command")
+        raise typer.Exit(130)
+    m = result.train
+    if m:
+        console.print(
+            f"last window: reward {m['reward']:.3f} (driving score "
+            f"{m['reward_driving_score']:.3f}, reasoning penalty {m['reward_cot_penalty']:.3f}), "
+            f"KL {m['kl']:.2e}, slow thinking {m['slow_share']:.2f}"
+        )
+    console.print(f"checkpoint: {result.checkpoint}")

@@ -1,0 +1,144 @@
+"""The typed SFT run config: model, data, optimiser, loop, outputs. CPU defaults throughout.
+
+YAML recipes in `configs/` override these; `autovla train sft --config F key.sub=value`
+overrides further. Unknown keys are errors (StrictModel).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from autovla.config import StrictModel
+
+
+class ModelSource(StrictModel):
+    """Where the model comes from: an AutoVLA directory, or a preset built from a codebook."""
+
+    path: str | None = Field(default=None, description="AutoVLA model directory to fine-tune")
+    preset: str | None = Field(default=None, description="build a fresh model: tiny|small|...")
+    codebook: str | None = Field(
+        default=None,
+        description="codebook file; with `preset` builds the model, with `path` "
+        "it must match the model's codebook",
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if self.path is None and self.preset is None:
+            raise ValueError("set model.path (an AutoVLA directory) or model.preset + codebook")
+        if self.path is not None and self.preset is not None:
+            raise ValueError("set model.path or model.preset, not both")
+        if self.preset is not None and self.codebook is None:
+            raise ValueError("model.preset needs model.codebook (the action codebook file)")
+        return self
+
+
+class DatasetEntry(StrictModel):
+    path: str = Field(description="dataset directory (manifest*.jsonl) or a manifest file")
+    weight: float = Field(default=1.0, gt=0, description="relative sampling weight")
+    split: str | None = Field(default="train", description="split to read; null = all")
+
+
+class DataConfig(StrictModel):
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    shuffle_buffer: int = Field(default=256, ge=1, description="streaming shuffle window")
+    num_workers: int = Field(default=1, ge=0, description="DataLoader workers (decode images)")
+    prefetch_factor: int = Field(default=2, ge=1)
+
+
+class ValConfig(StrictModel):
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    every: int = Field(default=0, ge=0, description="validate every N optimiser steps; 0 = end")
+    max_samples: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    at_end: bool = True
+
+
+class LoraConfig(StrictModel):
+    enabled: bool = False
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=8, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_steps: int = Field(default=500, ge=0)
+    decay_every: int = Field(default=2000, ge=1, description="multiply lr by gamma every N steps")
+    gamma: float = Field(default=0.98, gt=0, le=1)
+    clip_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class LossConfig(StrictModel):
+    lambda_cot: float = Field(default=40.0, gt=0, description="weight of samples with reasoning")
+    lambda_a: float = Field(default=1.0, ge=0, description="weight of the action-token term")
+
+
+class TrainConfig(StrictModel):
+    variant: Literal["dual", "action_only"] = Field(
+        default="dual", description="dual thinking, or action-only (no reasoning at all)"
+    )
+    max_steps: int = Field(default=100, ge=1, description="optimiser steps (ignored with epochs)")
+    epochs: float | None = Field(default=None, gt=0, description="if set, sets max_steps")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="stop (with a checkpoint) after this much training time"
+    )
+    batch_size: int = Field(default=1, ge=1, description="per process, per micro-batch")
+    grad_accum: int = Field(default=4, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu"] = "auto"
+    freeze_vision: bool = True
+    freeze_language: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seed: int = 0
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per process")
+
+
+class OutputConfig(StrictModel):
+    dir: str = "runs/sft"
+    save_every: int = Field(default=0, ge=0, description="checkpoint every N steps; 0 = end only")
+    keep_last: int = Field(default=2, ge=1, description="checkpoints to keep")
+    log_every: int = Field(default=10, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+    resume: bool = Field(default=True, description="continue from the last checkpoint in dir")
+
+
+class SFTConfig(StrictModel):
+    """One SFT run."""
+
+    model: ModelSource
+    data: DataConfig = Field(default_factory=DataConfig)
+    val: ValConfig = Field(default_factory=ValConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTConfig:
+        if not self.data.datasets:
+            raise ValueError("data.datasets is empty: give at least one training dataset")
+        if self.train.freeze_vision and self.train.freeze_language and not self.train.lora.enabled:
+            raise ValueError(
+                "train.freeze_vision and train.freeze_language both set without LoRA: "
+                "nothing would be trained"
+            )
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)

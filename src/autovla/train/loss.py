@@ -1,0 +1,73 @@
+"""The SFT loss of METHOD section 4, as a pure function over logits and labels.
+
+    L = 1/N sum_i w_i (L_lm,i + lambda_a L_act,i),   w_i = lambda_cot if sample i has reasoning
+                                                     else 1
+
+L_lm,i is the mean next-token cross-entropy over sample i's answer tokens (labels != -100),
+L_act,i the mean over its action tokens only (0 when it has none). Per-sample means keep a
+long chain of thought from drowning the ten action tokens of its own sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    lm: torch.Tensor  # mean over samples of L_lm,i (detached)
+    action: torch.Tensor  # mean over samples of L_act,i (detached)
+    action_correct: torch.Tensor  # teacher-forced argmax hits on action tokens (count)
+    action_total: torch.Tensor  # action tokens (count)
+
+
+def sft_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    action_mask: torch.Tensor,
+    sample_weight: torch.Tensor,
+    lambda_a: float = 1.0,
+) -> LossOutput:
+    """logits (B, L, V); labels (B, L) = input ids on the answer, -100 elsewhere (not shifted);
+    action_mask (B, L) True where the label is an action token; sample_weight (B,)."""
+    if logits.shape[:2] != labels.shape or labels.shape != action_mask.shape:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
+            f"action_mask {tuple(action_mask.shape)}"
+        )
+    # Position t predicts token t+1.
+    targets = labels[:, 1:]
+    is_act = action_mask[:, 1:]
+    valid = targets != IGNORE_INDEX
+    rows = valid.nonzero(as_tuple=True)[0]
+    # Only answer positions go through the full-vocabulary softmax (memory on big vocabularies).
+    picked = logits[:, :-1][valid].float()
+    tok_loss = F.cross_entropy(picked, targets[valid], reduction="none")
+    batch = labels.shape[0]
+    zeros = torch.zeros(batch, device=logits.device, dtype=torch.float32)
+    n_tok = zeros.index_add(0, rows, torch.ones_like(tok_loss))
+    lm = zeros.index_add(0, rows, tok_loss) / n_tok.clamp(min=1)
+    act_sel = is_act[valid].float()
+    n_act = zeros.index_add(0, rows, act_sel)
+    act = zeros.index_add(0, rows, tok_loss * act_sel) / n_act.clamp(min=1)
+    w = sample_weight.to(device=logits.device, dtype=torch.float32)
+    loss = (w * (lm + lambda_a * act)).mean()
+    with torch.no_grad():
+        hits = (picked.argmax(-1) == targets[valid]) & is_act[valid]
+    return LossOutput(
+        loss=loss,
+        lm=lm.detach().mean(),
+        action=act.detach().mean(),
+        action_correct=hits.sum(),
+        action_total=is_act[valid].sum(),
+    )
+
+
+def sample_weights(has_reasoning: list[bool], lambda_cot: float) -> torch.Tensor:
+    return torch.tensor([lambda_cot if r else 1.0 for r in has_reasoning], dtype=torch.float32)

@@ -1,0 +1,200 @@
+"""SFT end to end on the tiny model: training, logs, resume, Ctrl-C, variants, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from autovla.config import load_config
+from autovla.train.config import SFTConfig
+from tests.train_sft_fixtures import REASONING, workspace, write_config
+
+
+def _cfg(tmp_path: Path, out: str = "run", overrides: list[str] | None = None, **sections):
+    path = write_config(tmp_path / f"{out}.yaml", tmp_path / out, **sections)
+    return load_config(SFTConfig, path, overrides or [])
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        if f.name != "codebook.safetensors":
+            out.update(load_file(str(f)))
+    return out
+
+
+def test_sft_trains_logs_and_resumes_exactly(tmp_path):
+    from autovla.model.checkpoint import AutoVLA
+    from autovla.train.sft import train_sft
+
+    ws = workspace()
+    straight = train_sft(_cfg(tmp_path, "a", train={"max_steps": 3}))
+    assert straight.steps == 3 and straight.checkpoint.name == "step-00000003"
+    first = train_sft(_cfg(tmp_path, "b", train={"max_steps": 2}))
+    assert first.checkpoint.name == "step-00000002"
+    resumed = train_sft(_cfg(tmp_path, "b", train={"max_steps": 3}))
+    assert resumed.steps == 3
+    a, b, init = _weights(straight.checkpoint), _weights(resumed.checkpoint), _weights(ws / "model")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(a[key], init[key])  # trained
+    vision = next(k for k in init if "visual" in k)
+    assert torch.equal(a[vision], init[vision])  # frozen vision encoder
+    for k in a:  # stopping at 2 and resuming gives the same weights as 3 steps straight
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # The checkpoint is a self-contained model directory; logs and TensorBoard are written.
+    vla = AutoVLA.from_pretrained(resumed.checkpoint)
+    assert vla.codebook.size == 48
+    records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(0 <= r["act_acc"] <= 1 and r["loss"] > 0 for r in train)
+    assert list((tmp_path / "b" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    from autovla.train import sft
+
+    real = sft._Run.step
+    calls = {"n": 0}
+
+    def interrupted(self, batches, step):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, batches, step)
+
+    monkeypatch.setattr(sft._Run, "step", interrupted)
+    cfg = _cfg(tmp_path, train={"max_steps": 3})
+    result = sft.train_sft(cfg)
+    assert result.interrupted and result.steps == 1
+    assert result.checkpoint.name == "step-00000001"
+    monkeypatch.setattr(sft._Run, "step", real)
+    done = sft.train_sft(cfg)
+    assert not done.interrupted and done.steps == 3
+    assert done.checkpoint.name == "step-00000003"
+
+
+def test_dual_and_action_only_answers():
+    from autovla.model.checkpoint import AutoVLA
+    from autovla.train.collate import SFTCollator
+    from autovla.train.data import Item
+
+    ws = workspace()
+    vla = AutoVLA.from_pretrained(ws / "model")
+    from autovla.data.manifest import load_samples
+
+    samples = load_samples(ws / "ds", "train")[:2]  # s0000 has reasoning, s0001 has not
+    items = [Item(s, str(ws / "ds"), 0) for s in samples]
+    tok = vla.tokenizer
+    for variant in ("dual", "action_only"):
+        col = SFTCollator(vla.processor, vla.fmt, vla.codebook, variant, lambda_cot=40.0)
+        batch = col(items)
+        answers = [tok.decode(row[row != -100].tolist()) for row in batch["labels"]]
+        prompt = tok.decode(batch["input_ids"][0].tolist())
+        if variant == "dual":
+            assert batch["is_slow"].tolist() == [True, False]
+            assert batch["sample_weight"].tolist() == [40.0, 1.0]
+            assert vla.fmt.slow_line.strip() in answers[0] and "Intent: keep the lane" in answers[0]
+            assert vla.fmt.fast_line.strip() in answers[1]
+            assert vla.fmt.system_dual[:40] in prompt
+        else:
+            assert batch["is_slow"].tolist() == [False, False]
+            assert batch["sample_weight"].tolist() == [1.0, 1.0]
+            assert all(REASONING[:20] not in a for a in answers)
+            assert vla.fmt.system_action_only[:40] in prompt
+        # Ten action tokens per answer, all marked for the action-token term.
+        assert batch["action_mask"].sum(1).tolist() == [10, 10]
+        # Only the answer is supervised: the prompt tokens are masked.
+        assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum() / 3
+
+
+def test_validation_reports_l2_and_slow_share(tmp_path):
+    from autovla.train.sft import train_sft
+
+    ws = workspace()
+    cfg = _cfg(
+        tmp_path,
+        train={"max_steps": 1},
+        val={
+            "datasets": [{"path": str(ws / "ds"), "split": "val"}],
+            "max_samples": 2,
+            "batch_size": 2,
+        },
+    )
+    result = train_sft(cfg)
+    v = result.val
+    assert v["samples"] == 2 and v["l2_avg"] > 0 and v["cv_l2_avg"] >= 0
+    assert 0 <= v["slow_share"] <= 1
+    assert "slow_share_complex" in v and "slow_share_straightforward" in v
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "val" and "l2_avg" in r for r in records)
+
+
+# --- bad input through the CLI ---------------------------------------------------------------
+def _cli(args: list[str]):
+    from autovla.cli import app
+
+    return CliRunner().invoke(app, ["train", "sft", *args])
+
+
+def test_cli_bad_inputs_give_clear_errors(tmp_path):
+    ws = workspace()
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "out")
+    r = _cli(["--config", str(cfg), "optim.learning_rate=1"])
+    assert r.exit_code == 1 and "optim.learning_rate: unknown key" in r.output
+    # Empty dataset (no train split).
+    r = _cli(["--config", str(cfg), f"data.datasets=[{{path: {ws / 'ds'}, split: test}}]"])
+    assert r.exit_code == 1 and "has no samples" in r.output
+    # A codebook that does not match the model.
+    r = _cli(["--config", str(cfg), f"model.codebook={ws / 'other-codebook.safetensors'}"])
+    assert r.exit_code == 1 and "does not match" in r.output
+    # A sample with a missing image: the error names the sample and the field.
+    broken = tmp_path / "broken"
+    shutil.copytree(ws / "ds", broken)
+    (broken / "images" / "0000" / "front_2.png").unlink()
+    r = _cli(
+        [
+            "--config",
+            str(cfg),
+            f"data.datasets=[{{path: {broken}}}]",
+            "data.shuffle_buffer=1",
+            "train.max_steps=1",
+        ]
+    )
+    assert r.exit_code == 1 and "s0000" in r.output and "cameras.front" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_trains_with_overrides(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "out")
+    r = _cli(["--config", str(cfg), "train.max_steps=1", "train.variant=action_only"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "checkpoints" / "step-00000001" / "autovla.json").exists()
+    saved = (tmp_path / "out" / "config.yaml").read_text()
+    assert "variant: action_only" in saved
+    info = json.loads(
+        (tmp_path / "out" / "checkpoints" / "step-00000001" / "autovla.json").read_text()
+    )
+    assert info["system"] == "action_only" and info["sft"] == {"step": 1, "variant": "action_only"}
+
+
+def test_lora_with_gradient_checkpointing_trains_and_saves_merged(tmp_path):
+    from autovla.train.sft import train_sft
+
+    lora = {"enabled": True, "r": 4, "alpha": 8}
+    train = {"max_steps": 1, "lora": lora, "freeze_language": True, "gradient_checkpointing": True}
+    result = train_sft(_cfg(tmp_path, train=train))
+    w = _weights(result.checkpoint)
+    init = _weights(workspace() / "model")
+    assert set(w) == set(init)  # LoRA is merged: a plain model directory
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(w[key], init[key])
+    mlp = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(w[mlp], init[mlp])  # only adapted projections changed
+    assert (result.checkpoint / "trainer" / "adapter.safetensors").exists()
