@@ -76,9 +76,25 @@ DRIVING_SCORES: dict[str, RewardFn] = {"pdms": pdms_reward, "ade": ade_reward}
 
 
 def get_driving_score(name: str) -> RewardFn:
-    if name not in DRIVING_SCORES:
-        raise ValueError(f"unknown reward {name!r}; valid: {', '.join(sorted(DRIVING_SCORES))}")
-    return DRIVING_SCORES[name]
+    """A registered score by name, or any callable by dotted path (`pkg.module:fn` or
+    `pkg.module.fn`) with the same signature, returning scores in [0, 1]."""
+    if name in DRIVING_SCORES:
+        return DRIVING_SCORES[name]
+    if ":" in name or "." in name:
+        import importlib
+
+        module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"reward {name!r}: cannot import {attr!r} from {module!r}: {e}") from e
+        if not callable(fn):
+            raise ValueError(f"reward {name!r} is not callable")
+        return fn
+    raise ValueError(
+        f"unknown reward {name!r}; valid: {', '.join(sorted(DRIVING_SCORES))} "
+        "or a dotted path module:function"
+    )
 
 
 def total_reward(

@@ -1,0 +1,281 @@
+"""RFT (GRPO) loop on the tiny model: a few steps move the policy, never the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autovla.config import ConfigError, load_config
+from autovla.train.rewards import Completion, get_driving_score
+from autovla.train.rft_config import RFTConfig
+
+from . import model_fixtures as mf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("rft-sft") / "model"
+    mf.tiny_vla().save_pretrained(d)
+    return d
+
+
+def make_cfg(sft_dir: Path, out: Path, lora: bool = True, **train) -> RFTConfig:
+    root, _ = mf.dataset()
+    return RFTConfig.model_validate(
+        {
+            "model": {"path": str(sft_dir)},
+            "data": {"datasets": [{"path": str(root), "split": "train"}], "shuffle_buffer": 4},
+            # Short reasoning cap: a random model would ramble to the format's 256 tokens.
+            "grpo": {"group_size": 3, "temperature": 1.0, "max_reasoning_tokens": 4},
+            "reward": {"driving_score": "ade"},
+            "optim": {"lr": 5e-3},
+            "train": {"max_steps": 2, "prompts_per_step": 2, "forward_prompts": 1,
+                      "lora": {"enabled": lora}, **train},
+            "output": {"dir": str(out), "log_every": 1, "tensorboard": False, "progress": False},
+        }
+    )  # fmt: skip
+
+
+def snapshot(model: torch.nn.Module, lora: bool | None = None) -> dict[str, torch.Tensor]:
+    """Parameters (LoRA ones only / all but LoRA / all) as detached copies."""
+    out = {}
+    for name, p in model.named_parameters():
+        is_lora = "lora_" in name
+        if lora is None or lora == is_lora:
+            out[name] = p.detach().clone()
+    return out
+
+
+def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    now = dict(model.named_parameters())
+    return [n for n, t in before.items() if not torch.equal(t, now[n].detach())]
+
+
+def test_lora_steps_move_adapters_and_keep_reference(sft_dir, tmp_path):
+    from autovla.train.rft import _Run
+
+    run = _Run(make_cfg(sft_dir, tmp_path / "out"))
+    adapters, base = snapshot(run.raw, lora=True), snapshot(run.raw, lora=False)
+    assert adapters and base
+    batches = run.batches()
+    stats = [run.step(next(batches), s) for s in range(2)]
+    assert changed(adapters, run.raw), "GRPO steps did not change the LoRA weights"
+    assert not changed(base, run.raw), "the reference (the base weights) moved"
+    for s in stats:
+        assert s["n"] == 6 and s["groups"] == 2 and s["tokens"] > 0
+        assert np.isfinite([s["loss"], s["kl"], s["entropy"]]).all()
+    # The step-0 policy is the reference (LoRA B starts at zero), so its KL is exactly 0.
+    assert stats[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert stats[1]["kl"] > 0
+
+
+def test_constrained_logprobs_renormalise_over_allowed_ids(sft_dir):
+    from autovla.model.checkpoint import AutoVLA
+    from autovla.model.inputs import encode_batch
+    from autovla.model.planner import Planner
+    from autovla.train.rft_policy import (
+        ACTIONS,
+        CHOOSE,
+        PolicyLogprobs,
+        padded,
+        phase_table,
+        sampled_phases,
+    )  # fmt: skip
+
+    root, samples = mf.dataset()
+    vla = AutoVLA.from_pretrained(sft_dir)
+    planner = Planner(vla, max_reasoning_tokens=3)
+    plans = planner.plan(samples[:1], root, num_samples=2, temperature=1.0, seed=0)
+    table = phase_table(planner)
+    phases = padded([sampled_phases(p.sampled_mask) for p in plans], torch.long, "cpu")
+    mask = padded([p.sampled_mask for p in plans], torch.float32, "cpu").bool()
+    batch = encode_batch(vla.processor, [samples[0].without_answer()], root, vla.fmt,
+                         system=planner.system, padding_side="left")  # fmt: skip
+    fwd = PolicyLogprobs(vla.model)
+    ids = [p.completion_ids for p in plans]
+    with torch.no_grad():
+        free, _ = fwd(batch, ids, 0)
+        cons, ent = fwd(batch, ids, 0, phases, table)
+    # Renormalising over fewer ids can only raise a sampled token's probability.
+    assert (cons[mask] >= free[mask] - 1e-5).all() and (cons[mask] > free[mask] + 1e-4).any()
+    assert torch.equal(cons[~mask], free[~mask])  # forced text: the whole vocabulary
+    assert torch.isfinite(ent).all()
+    # The mode choice is between two tokens: its entropy is at most log 2.
+    assert float(ent[phases == CHOOSE].max()) <= np.log(2) + 1e-5
+    assert int((phases == ACTIONS).sum()) == 2 * 10
+
+
+def test_sampled_phases():
+    from autovla.train.rft_policy import ACTIONS, CHOOSE, FREE, REASON, sampled_phases
+
+    mask = [False, True, False, True, True, False] + [True] * 10 + [False, False]
+    ph = sampled_phases(mask)
+    assert ph[:6] == [FREE, CHOOSE, FREE, REASON, REASON, FREE]
+    assert ph[6:16] == [ACTIONS] * 10 and ph[16:] == [FREE, FREE]
+    with pytest.raises(ValueError, match="expected the mode choice"):
+        sampled_phases([True] * 5)
+
+
+def test_full_finetune_keeps_reference_copy_fixed_and_clips(sft_dir, tmp_path):
+    from autovla.train.rft import _Run
+
+    cfg = make_cfg(sft_dir, tmp_path / "out", lora=False, forward_prompts=None)
+    cfg.grpo.num_epochs, cfg.grpo.clip_eps = 2, 1e-3
+    cfg.grpo.constrained_logprobs = False
+    run = _Run(cfg)
+    assert run.ref is not None and run.ref is not run.raw
+    policy, ref = snapshot(run.raw), snapshot(run.ref)
+    s = run.step(next(run.batches()), 0)
+    assert changed(policy, run.raw)
+    assert not changed(ref, run.ref)
+    assert not any(p.requires_grad for p in run.ref.parameters())
+    # Epoch 1 has ratio 1 everywhere; epoch 2 starts past the tiny clip range.
+    assert 0 < s["clip_fraction"] / s["tokens"] < 1
+
+
+def test_train_rft_checkpoint_loads_and_resumes(sft_dir, tmp_path):
+    from autovla.model.checkpoint import AutoVLA
+    from autovla.train.checkpointing import load_adapter, load_trainer_state
+    from autovla.train.rft import train_rft
+
+    out = tmp_path / "out"
+    res = train_rft(make_cfg(sft_dir, out, max_steps=1, forward_prompts=None))
+    assert res.steps == 1 and res.checkpoint is not None
+    assert load_adapter(res.checkpoint), "the LoRA adapter is kept for resuming"
+    merged = AutoVLA.from_pretrained(res.checkpoint)
+    assert merged.info["stage"] == "rft"
+    sft = AutoVLA.from_pretrained(sft_dir)
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    w_sft, w_rft = dict(sft.model.named_parameters())[q], dict(merged.model.named_parameters())[q]
+    assert not torch.equal(w_sft, w_rft), "adapters were not merged into the saved weights"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward", "reward_driving_score", "reward_cot_penalty", "kl", "entropy",
+                "clip_fraction", "slow_share_straightforward", "reasoning_chars"):  # fmt: skip
+        assert key in rows[-1]
+
+    res2 = train_rft(make_cfg(sft_dir, out, max_steps=2, forward_prompts=None))
+    assert res2.steps == 2 and len(res2.history) == 1  # one new step, not two
+    assert load_trainer_state(res2.checkpoint)["step"] == 2
+
+
+def test_config_errors_and_defaults(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("model: {path: m}\ndata: {datasets: [{path: d}]}\ngrpo: {group_size: 1}\n")
+    with pytest.raises(ConfigError, match="group_size"):
+        load_config(RFTConfig, y)
+    y.write_text("model: {path: m}\ndata: {datasets: [{path: d}]}\n")
+    cfg = load_config(RFTConfig, y, ["optim.weight_decay=0.1"])
+    assert cfg.optim.lr == 3e-5 and cfg.optim.warmup_steps == 0 and cfg.train.lora.enabled
+    assert (cfg.train.lora.r, cfg.train.lora.alpha, cfg.grpo.beta) == (8, 8, 0.04)
+    for name in ("tiny-rft.yaml", "qwen2.5-vl-3b-rft.yaml"):
+        c = load_config(RFTConfig, REPO / "configs" / name)
+        assert c.reward.driving_score == "pdms"
+
+
+def test_reward_by_dotted_path():
+    fn = get_driving_score("autovla.train.rewards:ade_reward")
+    s = mf.sample(0, None)
+    perfect = Completion(s.future_array(), "", "fast")
+    assert fn([s], [Path(".")], [perfect])[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cannot import"):
+        get_driving_score("autovla.train.rewards:nope")
+    with pytest.raises(ValueError, match="unknown reward"):
+        get_driving_score("nope")
+
+
+def test_missing_reward_data_is_a_clear_error():
+    from autovla.train.rft import RFTDataError, check_rewardable
+
+    s = mf.sample(0, None)
+    with pytest.raises(RFTDataError, match="scoring"):
+        check_rewardable([s], "pdms")
+    with pytest.raises(RFTDataError, match="future"):
+        check_rewardable([s.without_answer()], "ade")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None
+    and not (Path(sys.executable).parent / "accelerate").exists(),
+    reason="accelerate CLI not installed",
+)
+def test_two_processes_stay_in_sync(sft_dir, tmp_path):
+    """DDP on CPU (gloo): both ranks train their own groups and end with identical weights."""
+    script = tmp_path / "run2.py"
+    cfg = make_cfg(sft_dir, tmp_path / "out", max_steps=1)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    script.write_text(
+        textwrap.dedent(f"""
+        import json
+        from autovla.train.rft import _Run
+        from autovla.train.rft_config import RFTConfig
+        cfg = RFTConfig.model_validate_json(open({str(tmp_path / "cfg.json")!r}).read())
+        run = _Run(cfg)
+        s = run.step(next(run.batches()), 0)
+        lora = [p for n, p in run.raw.named_parameters() if "lora_" in n]
+        total = sum(float(p.double().sum()) for p in lora)
+        ids = [it.sample.id for it in next(run.batches())]
+        out = {{"sum": total, "n": s["n"], "world": run.acc.num_processes, "ids": ids}}
+        path = {str(tmp_path)!r} + "/rank" + str(run.acc.process_index) + ".json"
+        open(path, "w").write(json.dumps(out))
+        """)
+    )
+    exe = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    # --multi_gpu with Accelerator(cpu=True) in the run: two CPU processes over gloo.
+    cmd = [str(exe) if exe.exists() else "accelerate", "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(script)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and r0["n"] == r1["n"] == 6
+    assert r0["ids"] != r1["ids"], "both ranks trained on the same prompts"
+    assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-9, abs=1e-12)
+
+
+def test_stats_by_complexity_add_up_over_steps():
+    from types import SimpleNamespace as NS
+
+    from autovla.train.rft_metrics import step_stats, summarise
+
+    samples = [NS(complex=True), NS(complex=None)]
+
+    def plan(mode: str, text: int, reasoning: int) -> NS:
+        return NS(mode=mode, text="x" * text, reasoning="r" * reasoning if reasoning else None)
+
+    plans = [plan("slow", 10, 4), plan("fast", 2, 0), plan("slow", 6, 2), plan("slow", 6, 1)]
+    terms = {"total": np.array([1.0, 3.0, 2.0, 2.0]), "driving_score": np.full(4, 0.5),
+             "cot_penalty": np.array([0.1, 0.0, 0.2, 0.3])}  # fmt: skip
+    extra = {"loss": 0.5, "kl": 2.0, "clip_fraction": 0.0, "entropy": 4.0, "tokens": 8.0,
+             "grad_norm": 1.0, "lr": 1e-4, "gen_s": 1.0, "step_s": 2.0}  # fmt: skip
+    s = step_stats(samples, plans, terms, 2, extra)
+    m = summarise([s, s])  # two identical steps: the means do not change
+    assert m["slow_share_complex"] == 0.5 and m["slow_share_straightforward"] == 1.0
+    assert m["chars_complex"] == 6.0 and m["chars_straightforward"] == 6.0
+    assert m["reasoning_chars"] == pytest.approx(7 / 4)
+    assert m["reward"] == 2.0 and m["reward_cot_penalty"] == pytest.approx(0.15)
+    assert m["kl"] == 0.25 and m["entropy"] == 0.5 and m["loss"] == 0.5
+    assert m["reward_group_std"] == pytest.approx(np.sqrt(2) / 2)  # groups: std sqrt(2), 0
+
+
+def test_cli_reports_missing_dataset(sft_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from autovla.cli import app
+
+    y = tmp_path / "c.yaml"
+    y.write_text(f"model: {{path: {sft_dir}}}\ndata: {{datasets: [{{path: {tmp_path}/nope}}]}}\n")
+    res = CliRunner().invoke(app, ["train", "rft", "--config", str(y), f"output.dir={tmp_path}/o"])
+    assert res.exit_code != 0 and "dataset not found" in res.output
