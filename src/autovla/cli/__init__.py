@@ -6,6 +6,8 @@ dependencies (torch, transformers) inside the commands so `autovla --help` stays
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import typer
 
 from autovla import __version__
@@ -19,8 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data", help="Validate, inspect and convert driving datasets.")
-
-# Command groups added by later parts register here (see _register below).
 
 
 def _version(value: bool) -> None:
@@ -38,37 +38,18 @@ def _root(
     """End-to-end driving with a vision-language-action model (AutoVLA)."""
 
 
-def _register() -> None:
-    """Attach the optional command groups whose modules exist."""
-    import importlib
-
-    groups = {
-        "sim": "The embedded driving world: generate datasets, score plans.",
-        "codebook": "Fit, import and inspect the action codebook.",
-        "model": "Build and inspect AutoVLA models.",
-        "annotate": "Write reasoning text for complex scenes.",
-        "train": "Supervised (SFT) and reinforcement (RFT) fine-tuning.",
-        "eval": "Open-loop and closed-loop evaluation with reports.",
-    }
-    for name, help_text in groups.items():
-        try:
-            module = importlib.import_module(f"autovla.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"autovla.cli.{name}":
-                continue
-            raise
-        app.add_typer(module.app, name=name, help=help_text)
-    for name in ("plan", "demo"):
-        try:
-            module = importlib.import_module(f"autovla.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"autovla.cli.{name}":
-                continue
-            raise
-        module.register(app)
-
-
-_register()
+GROUPS = {
+    "sim": "The embedded driving world: generate datasets, score plans.",
+    "codebook": "Fit, import and inspect the action codebook.",
+    "model": "Build and inspect AutoVLA models.",
+    "annotate": "Write reasoning text for complex scenes.",
+    "train": "Supervised (SFT) and reinforcement (RFT) fine-tuning.",
+    "eval": "Open-loop and closed-loop evaluation with reports.",
+}
+for _name, _help in GROUPS.items():
+    app.add_typer(import_module(f"autovla.cli.{_name}").app, name=_name, help=_help)
+for _name in ("plan", "demo"):
+    import_module(f"autovla.cli.{_name}").register(app)
 
 
 def main() -> None:
