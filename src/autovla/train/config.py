@@ -117,6 +117,17 @@ class OutputConfig(StrictModel):
     resume: bool = Field(default=True, description="continue from the last checkpoint in dir")
 
 
+def check_trainable(data: DataConfig, train) -> None:
+    """The checks every training run shares: some data, and something left to train."""
+    if not data.datasets:
+        raise ValueError("data.datasets is empty: give at least one training dataset")
+    if train.freeze_vision and train.freeze_language and not train.lora.enabled:
+        raise ValueError(
+            "train.freeze_vision and train.freeze_language both set without LoRA: "
+            "nothing would be trained"
+        )
+
+
 class SFTConfig(StrictModel):
     """One SFT run."""
 
@@ -130,13 +141,7 @@ class SFTConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
-        if not self.data.datasets:
-            raise ValueError("data.datasets is empty: give at least one training dataset")
-        if self.train.freeze_vision and self.train.freeze_language and not self.train.lora.enabled:
-            raise ValueError(
-                "train.freeze_vision and train.freeze_language both set without LoRA: "
-                "nothing would be trained"
-            )
+        check_trainable(self.data, self.train)
         return self
 
     @property

@@ -13,7 +13,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from autovla.config import StrictModel
-from autovla.train.config import DataConfig, LoraConfig, ModelSource, OptimConfig, OutputConfig
+from autovla.train.config import (
+    DataConfig,
+    LoraConfig,
+    ModelSource,
+    OptimConfig,
+    OutputConfig,
+    check_trainable,
+)
 
 
 class GRPOConfig(StrictModel):
@@ -90,14 +97,7 @@ class RFTConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RFTConfig:
-        if not self.data.datasets:
-            raise ValueError("data.datasets is empty: give at least one training dataset")
-        t = self.train
-        if t.freeze_vision and t.freeze_language and not t.lora.enabled:
-            raise ValueError(
-                "train.freeze_vision and train.freeze_language both set without LoRA: "
-                "nothing would be trained"
-            )
+        check_trainable(self.data, self.train)
         return self
 
     @property
