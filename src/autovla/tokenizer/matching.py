@@ -105,9 +105,13 @@ def corner_distance_xy(
     return ((n[..., 0] + n[..., 1]) + n[..., 2]) + n[..., 3]
 
 
-def _first_argmin(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per row, the smallest `index` among the entries equal to the row minimum."""
-    best = dist.min(-1, keepdim=True).values
+def _first_argmin(
+    dist: torch.Tensor, index: torch.Tensor, best: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per row, the smallest `index` among the entries equal to the row minimum (`best`,
+    (..., 1), when the caller already has it)."""
+    if best is None:
+        best = dist.min(-1, keepdim=True).values
     big = torch.iinfo(torch.int64).max
     return torch.where(dist == best, index, torch.full_like(index, big)).min(-1).values
 
@@ -130,8 +134,8 @@ class TokenIndex:
         cx = token_end[..., 0].mean(-1)
         self.sorted_x, self.order = torch.sort(cx, stable=True)
         self.sorted_end = token_end[self.order].contiguous()
-        self.sorted_x4 = self.sorted_end[..., 0].contiguous()  # (K, 4) corner x, sorted
-        self.sorted_y4 = self.sorted_end[..., 1].contiguous()
+        # (K, 8): the 4 corner x then the 4 corner y, sorted; one gather serves both planes
+        self.sorted_xy = torch.cat([self.sorted_end[..., 0], self.sorted_end[..., 1]], -1)
         self.centres = token_end.mean(-2)  # (K, 2)
 
     def _slots(self, target, start, width, valid=None):
@@ -141,8 +145,10 @@ class TokenIndex:
             slots = torch.where(slots < valid[:, None], slots, start[:, None])  # pad: repeat
         tx = target[:, None, :, 0].contiguous()
         ty = target[:, None, :, 1].contiguous()
-        exact = corner_distance_xy(tx, ty, self.sorted_x4[slots], self.sorted_y4[slots])
-        return exact.min(-1).values, _first_argmin(exact, self.order[slots])
+        xy = self.sorted_xy[slots]
+        exact = corner_distance_xy(tx, ty, xy[..., :4], xy[..., 4:])
+        best = exact.min(-1, keepdim=True).values
+        return best[:, 0], _first_argmin(exact, self.order[slots], best)
 
     def nearest(self, target: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the nearest token end contour for each target contour (B, 4, 2)."""
