@@ -23,7 +23,7 @@ from autovla.sim.agents import EGO_LENGTH, EGO_REAR, EGO_WIDTH, EgoState
 from autovla.sim.export import FIRST_T, build_sample, instant
 from autovla.sim.facts import SceneStatic, render_frame
 from autovla.sim.render import make_cameras
-from autovla.sim.rollout import Log, expert_tick, record, simulate
+from autovla.sim.rollout import Log, expert_tick, log_from_rows, record, simulate
 from autovla.sim.scenarios import Scenario, make_scenario
 from autovla.sim.scoring import track
 from autovla.sim.world import DT
@@ -105,20 +105,7 @@ class ClosedLoopEpisode:
             self.frames.append(f)
 
     def _log(self, k0: int, k1: int) -> Log:
-        rows = self.rows[k0:k1]
-        cols = list(zip(*rows, strict=True))
-        n = len(self.scn.world.agents)
-        return Log(
-            t=np.array(cols[0]),
-            ego=np.array(cols[1]),
-            agents=np.array(cols[2]).reshape(len(rows), n, 3),
-            v=np.array(cols[3]).reshape(len(rows), n),
-            a=np.array(cols[4]).reshape(len(rows), n),
-            cutting_in=np.array(cols[5], dtype=bool).reshape(len(rows), n),
-            lights=np.array(cols[6], dtype=np.int8).reshape(len(rows), -1),
-            ego_d=np.array(cols[7]),
-            ego_s=np.array(cols[8]),
-        )
+        return log_from_rows(self.rows[k0:k1], len(self.scn.world.agents))
 
     def _progress(self) -> float:
         ego = self.scn.world.ego

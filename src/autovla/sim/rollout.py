@@ -58,25 +58,30 @@ def expert_tick(scn: Scenario) -> None:
     w.t = round(w.t + DT, 6)
 
 
+def log_from_rows(rows: list[tuple], n_agents: int) -> Log:
+    """Stack per-tick `record` rows into a Log (arrays over time)."""
+    cols = list(zip(*rows, strict=True))
+    n = len(rows)
+    return Log(
+        t=np.array(cols[0]),
+        ego=np.array(cols[1]),
+        agents=np.array(cols[2]).reshape(n, n_agents, 3),
+        v=np.array(cols[3]).reshape(n, n_agents),
+        a=np.array(cols[4]).reshape(n, n_agents),
+        cutting_in=np.array(cols[5], dtype=bool).reshape(n, n_agents),
+        lights=np.array(cols[6], dtype=np.int8).reshape(n, -1),
+        ego_d=np.array(cols[7]),
+        ego_s=np.array(cols[8]),
+    )
+
+
 def simulate(scn: Scenario, duration: float) -> Log:
     steps = round(duration / DT)
     rows = [record(scn)]
     for _ in range(steps):
         expert_tick(scn)
         rows.append(record(scn))
-    cols = list(zip(*rows, strict=True))
-    n_agents = len(scn.world.agents)
-    return Log(
-        t=np.array(cols[0]),
-        ego=np.array(cols[1]),
-        agents=np.array(cols[2]).reshape(len(rows), n_agents, 3),
-        v=np.array(cols[3]).reshape(len(rows), n_agents),
-        a=np.array(cols[4]).reshape(len(rows), n_agents),
-        cutting_in=np.array(cols[5], dtype=bool).reshape(len(rows), n_agents),
-        lights=np.array(cols[6], dtype=np.int8).reshape(len(rows), -1),
-        ego_d=np.array(cols[7]),
-        ego_s=np.array(cols[8]),
-    )
+    return log_from_rows(rows, len(scn.world.agents))
 
 
 def expert_problems(name: str, seed: int, duration: float = 10.0) -> list[str]:
