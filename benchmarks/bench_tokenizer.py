@@ -37,10 +37,14 @@ def _time(fn, repeat: int = 3) -> float:
     return best
 
 
-def throughput(cb: Codebook) -> list[tuple]:
+def throughput(cb: Codebook, plans: np.ndarray | None = None) -> list[tuple]:
+    """Batch 1 and 1,024 plans of 10 steps: synthetic bicycle plans, or the given ones."""
     rows = []
     for batch in (1, 1024):
-        traj = bicycle_trajectories(batch, steps=10, seed=11)
+        if plans is None:
+            traj = bicycle_trajectories(batch, steps=10, seed=11)
+        else:
+            traj = plans[np.random.default_rng(11).choice(len(plans), batch, replace=False)]
 
         def batched(traj=traj) -> None:
             cb.decode(cb.encode(traj))
@@ -119,15 +123,18 @@ def ade_fde(cb: Codebook, plans: np.ndarray) -> tuple[float, float, float]:
     return float(err.mean()), float(err[:, -1].mean()), float(np.percentile(err, 99))
 
 
+def throughput_table(title: str, rows: list[tuple]) -> None:
+    print(f"\n## encode+decode, 10 steps, {title}")
+    print("| batch | batched ms | traj/s | loop ms | speed-up | identical |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.0f} | {r[3]:.1f} | {r[4]:.0f}x | {r[5]} |")
+
+
 def timing_tables(a, ref: Codebook | None, cb_syn: Codebook) -> None:
     for name, cb_tp in (("fitted on bicycle data", cb_syn), ("reference", ref)):
-        if cb_tp is None:
-            continue
-        print(f"\n## encode+decode, 10 steps, K={cb_tp.size}, {name} codebook")
-        print("| batch | batched ms | traj/s | loop ms | speed-up | identical |")
-        print("|---|---|---|---|---|---|")
-        for r in throughput(cb_tp):
-            print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.0f} | {r[3]:.1f} | {r[4]:.0f}x | {r[5]} |")
+        if cb_tp is not None:
+            throughput_table(f"K={cb_tp.size}, {name} codebook, bicycle plans", throughput(cb_tp))
     cmd = [sys.executable, __file__, "--fit-worker", "--segments", str(a.segments),
            "--size", str(a.size), "--threads", str(a.threads)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -182,6 +189,10 @@ def main() -> None:
             rows.append((name, f"fitted, tol {tol}", cb_w, plans))
         if ref is not None:
             rows.append((name, "reference", ref, plans))
+        if not a.only_world:
+            for _, kind, cb, _ in [r for r in rows if r[0] == name][-2:]:
+                title = f"K={cb.size}, {kind} codebook, held-out world plans"
+                throughput_table(title, throughput(cb, plans))
 
     print("\n## reconstruction on held-out 5 s plans (10 poses)")
     print("| data | codebook | tokens | coverage | ADE m | FDE m | p99 err m |")

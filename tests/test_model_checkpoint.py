@@ -80,6 +80,33 @@ def test_action_tokens_mean_initialised():
     # Structure tokens are single tokens.
     for t in vla.fmt.structure_tokens:
         assert len(vla.tokenizer(t, add_special_tokens=False)["input_ids"]) == 1
+    # Numbers are read in two-digit chunks; action tokens stay whole.
+    ids = vla.tokenizer("speed: 12.345 <action_12>", add_special_tokens=False)["input_ids"]
+    pieces = [vla.tokenizer.decode([i]) for i in ids]
+    assert pieces[-6:] == ["12", ".", "34", "5", " ", "<action_12>"], pieces
+
+
+def test_action_tokens_geometry_initialised():
+    from autovla.model.checkpoint import build_model
+
+    cb = tiny_codebook(k=32)
+    vla = build_model("tiny", cb, seed=3, action_init="geometry")
+    again = build_model("tiny", cb, seed=3, action_init="geometry")
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        rows = getattr(vla.model, get)().weight[vla.action_start : vla.action_end]
+        torch.testing.assert_close(rows, getattr(again.model, get)().weight[vla.action_start :])
+        # similar motions start with similar rows: the row nearest to each token's row in
+        # embedding space belongs, more often than not, to one of its 3 nearest motions
+        ends = cb.end_poses.double()
+        z = (ends - ends.mean(0)) / ends.std(0)
+        near_motion = torch.cdist(z, z).fill_diagonal_(float("inf")).topk(3, largest=False)
+        d_rows = torch.cdist(rows.double(), rows.double()).fill_diagonal_(float("inf"))
+        nearest_row = d_rows.argmin(1)
+        hits = (near_motion.indices == nearest_row[:, None]).any(1).float().mean()
+        assert hits > 0.5, hits
+    assert vla.info["action_init"] == "geometry"
+    with pytest.raises(ValueError, match="action_init"):
+        build_model("tiny", cb, seed=3, action_init="zeros")
 
 
 def test_labels_cover_only_the_answer():

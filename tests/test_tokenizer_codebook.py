@@ -138,5 +138,22 @@ def test_token_index_is_exact_on_every_path(codebook):
     )
     target = box_contour(torch.from_numpy(poses), 4.8, 2.0)
     full = m._full_argmin(target, codebook._token_end_match())
-    for window in (4, 24, 200):
-        assert torch.equal(m.TokenIndex(codebook._token_end_match(), window).nearest(target), full)
+    calls = {"_square": 0, "_disc": 0}
+
+    def counted(name):
+        inner = getattr(m.TokenIndex, name)
+
+        def wrapper(self, *args):
+            calls[name] += 1
+            return inner(self, *args)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in calls:
+            mp.setattr(m.TokenIndex, name, counted(name))
+        for window in (4, 24, 200):
+            for bin_size in (1, 5, 16, 64):
+                index = m.TokenIndex(codebook._token_end_match(), window, bin_size)
+                assert torch.equal(index.nearest(target), full), (window, bin_size)
+    assert calls["_square"] and calls["_disc"]  # both fallbacks of the window were exercised

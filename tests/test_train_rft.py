@@ -167,6 +167,10 @@ def test_train_rft_checkpoint_loads_and_resumes(sft_dir, tmp_path):
     res2 = train_rft(make_cfg(sft_dir, out, max_steps=2, forward_prompts=None))
     assert res2.steps == 2 and len(res2.history) == 1  # one new step, not two
     assert load_trainer_state(res2.checkpoint)["step"] == 2
+    # a spent wall-clock budget stops before sampling and keeps the last checkpoint
+    res3 = train_rft(make_cfg(sft_dir, out, max_steps=5, max_minutes=1e-9, forward_prompts=None))
+    assert res3.steps == 2 and not res3.history
+    assert load_trainer_state(res3.checkpoint)["step"] == 2
 
 
 def test_config_errors_and_defaults(tmp_path):

@@ -34,11 +34,12 @@ def test_sft_trains_logs_and_resumes_exactly(tmp_path):
     from autovla.train.sft import train_sft
 
     ws = workspace()
-    straight = train_sft(_cfg(tmp_path, "a", train={"max_steps": 3}))
+    soft = {"loss": {"action_sigma": 0.4}}  # soft action targets (the tiny recipe's loss)
+    straight = train_sft(_cfg(tmp_path, "a", train={"max_steps": 3}, **soft))
     assert straight.steps == 3 and straight.checkpoint.name == "step-00000003"
-    first = train_sft(_cfg(tmp_path, "b", train={"max_steps": 2}))
+    first = train_sft(_cfg(tmp_path, "b", train={"max_steps": 2}, **soft))
     assert first.checkpoint.name == "step-00000002"
-    resumed = train_sft(_cfg(tmp_path, "b", train={"max_steps": 3}))
+    resumed = train_sft(_cfg(tmp_path, "b", train={"max_steps": 3}, **soft))
     assert resumed.steps == 3
     a, b, init = _weights(straight.checkpoint), _weights(resumed.checkpoint), _weights(ws / "model")
     key = "model.layers.0.self_attn.q_proj.weight"

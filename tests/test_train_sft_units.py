@@ -32,7 +32,7 @@ from autovla.train.data import (
     load_items,
     steps_for_epochs,
 )
-from autovla.train.loss import sft_loss
+from autovla.train.loss import action_soft_targets, sft_loss
 from autovla.train.schedule import lr_at, lr_factor
 from autovla.train.validate import constant_velocity, l2_metrics, slow_shares
 from tests.conftest import make_sample
@@ -107,6 +107,45 @@ def test_weighted_loss_worked_example():
     assert logits.grad[:, 0].abs().sum() == 0 and logits.grad[0, 1].abs().sum() > 0
     with pytest.raises(ValueError, match="shape mismatch"):
         sft_loss(logits, labels[:, :3], action, weight)
+
+
+def test_soft_action_targets():
+    from autovla.tokenizer.contours import box_contour
+
+    # three tokens ending 1 m, 1.1 m and 5 m ahead
+    ends = box_contour(torch.tensor([[1.0, 0.0, 0.0], [1.1, 0.0, 0.0], [5.0, 0.0, 0.0]]), 4.8, 2.0)
+    q = action_soft_targets(ends, sigma=0.2)
+    torch.testing.assert_close(q.sum(-1), torch.ones(3))
+    assert q[0, 0] > q[0, 1] > q[0, 2] and q[0, 2] < 1e-6  # decays with distance
+    with pytest.raises(ValueError, match="sigma"):
+        action_soft_targets(ends, 0.0)
+    # vocabulary 5, action tokens are ids 2..4; one sample, label action token 0 (id 2)
+    labels = torch.tensor([[-100, 2]])
+    action = torch.tensor([[False, True]])
+    weight = torch.ones(1)
+
+    def loss_for(predicted_id, targets):
+        logits = torch.full((1, 2, 5), -10.0)
+        logits[0, 0, predicted_id] = 10.0
+        return sft_loss(logits, labels, action, weight, 1.0, targets, action_start=2).action
+
+    # one-hot targets are plain cross-entropy
+    plain = sft_loss(
+        torch.randn(1, 2, 5, generator=torch.Generator().manual_seed(0)), labels, action, weight
+    )
+    onehot = sft_loss(
+        torch.randn(1, 2, 5, generator=torch.Generator().manual_seed(0)),
+        labels,
+        action,
+        weight,
+        1.0,
+        torch.eye(3),
+        action_start=2,
+    )
+    torch.testing.assert_close(plain.loss, onehot.loss)
+    # with soft targets a near miss (token 1, 0.1 m off) costs less than a far one (token 2)
+    assert loss_for(3, q) < loss_for(4, q)
+    assert math.isclose(loss_for(3, torch.eye(3)), loss_for(4, torch.eye(3)), rel_tol=1e-6)
 
 
 # --- data --------------------------------------------------------------------------------------

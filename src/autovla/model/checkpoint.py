@@ -12,6 +12,7 @@ One self-contained directory, loadable offline:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,39 @@ def _mean_init_rows(model: Any, start: int, stop: int, reference_rows: int) -> N
             head.weight[start:stop] = head.weight[:reference_rows].mean(0, keepdim=True)
 
 
+def geometry_init_rows(model: Any, start: int, end_poses: Any, seed: int = 0) -> None:
+    """Give the action tokens' embedding (and untied output) rows a geometric prior.
+
+    Mean initialisation makes every action token identical, so the output layer learns each
+    of the K motions on its own; a random model of a few hundred thousand weights then needs
+    far more steps than it gets. Here row k is the mean row plus random Fourier features of
+    token k's end pose (standardised x, y, heading), scaled to the spread of the existing rows:
+    tokens for similar motions start with similar rows (an RBF kernel of bandwidth `ell` in
+    standard deviations), so what is learnt for one motion carries over to its neighbours.
+    """
+    import torch
+
+    ell = 0.5
+    poses = end_poses.detach().to("cpu", torch.float64)
+    z = (poses - poses.mean(0)) / poses.std(0).clamp_min(1e-6)
+    g = torch.Generator().manual_seed(seed)
+    stop = start + len(z)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        mats = [emb]
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            mats.append(head.weight)
+        for w in mats:
+            d = w.shape[1]
+            omega = torch.randn(z.shape[1], d, generator=g, dtype=torch.float64) / ell
+            phase = torch.rand(d, generator=g, dtype=torch.float64) * 2 * math.pi
+            feat = torch.cos(z @ omega + phase) * math.sqrt(2.0)  # unit variance per entry
+            ref = w[:start].double()
+            spread = (ref - ref.mean(0)).std()
+            w[start:stop] = (ref.mean(0) + spread * feat).to(w.dtype)
+
+
 def add_tokens_to_model(vla_model: Any, tokenizer: Any, fmt: PromptFormat, num_actions: int) -> int:
     """Add the format's structure tokens and K action tokens; resize and mean-initialise.
 
@@ -207,13 +241,16 @@ def build_model(
     device: Any = "cpu",
     allow_random: bool = True,
     random_weights: bool = False,
+    action_init: str = "mean",
 ) -> AutoVLA:
     """A fresh AutoVLA: a preset backbone plus the codebook's action tokens.
 
     For `qwen2.5-vl-3b` the pretrained weights are loaded from `source` (default: the hub id,
     from the local cache only) when available; otherwise the architecture is built from its
     config with random weights when `allow_random` (speed benchmarks), else an error.
-    `random_weights` skips looking for pretrained weights.
+    `random_weights` skips looking for pretrained weights. `action_init` is how the new
+    action-token rows start: "mean" (the mean of the existing rows) or "geometry"
+    (`geometry_init_rows`).
     """
     import torch
 
@@ -235,6 +272,11 @@ def build_model(
         info["base_model"] = f"random:{p.name}"
     torch.manual_seed(seed)
     start = add_tokens_to_model(model, processor.tokenizer, fmt_obj, codebook.size)
+    if action_init == "geometry":
+        geometry_init_rows(model, start, codebook.end_poses, seed=seed)
+    elif action_init != "mean":
+        raise ValueError(f"action_init must be 'mean' or 'geometry', got {action_init!r}")
+    info["action_init"] = action_init
     if dtype is not None:
         model.to(dtype)
     model.to(device)

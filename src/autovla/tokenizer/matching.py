@@ -92,9 +92,9 @@ def corner_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def corner_distance_xy(
-    ax: torch.Tensor, ay: torch.Tensor, bx: torch.Tensor, by: torch.Tensor
+    ax: torch.Tensor, ay: torch.Tensor, bx: torch.Tensor, by: torch.Tensor, dim: int = -1
 ) -> torch.Tensor:
-    """`corner_distance` on separate x and y planes (..., 4).
+    """`corner_distance` on separate x and y planes whose corner axis (size 4) is `dim`.
 
     Written out corner by corner so every element is computed by the same sequence of
     elementwise operations whatever the batch shape or layout (bit-identical across paths).
@@ -102,7 +102,8 @@ def corner_distance_xy(
     dx = ax - bx
     dy = ay - by
     n = torch.sqrt(dx * dx + dy * dy)
-    return ((n[..., 0] + n[..., 1]) + n[..., 2]) + n[..., 3]
+    c = n.unbind(dim)
+    return ((c[0] + c[1]) + c[2]) + c[3]
 
 
 def _first_argmin(
@@ -117,38 +118,47 @@ def _first_argmin(
 
 
 class TokenIndex:
-    """Token end contours (K, 4, 2) sorted by centre x, for an exact nearest-token search.
+    """Token end contours (K, 4, 2) arranged for an exact nearest-token search.
 
-    The sum of corner distances is at least 4x the distance between contour centres (triangle
-    inequality), so a token whose centre x differs from the target's by more than best/4
-    cannot win. Each target is first compared with the `window` tokens nearest in centre x,
-    which gives an upper bound on its best distance; rows whose window edges are not provably
-    far enough are then compared with every token inside the x-range that bound allows (a
-    contiguous slice of the sorted tokens), padded to the widest such slice.
+    The sum of the 4 corner distances is at least 4x the distance between the contour
+    centres (triangle inequality), so once some token is known to lie at distance `best`, only
+    tokens whose centre lies within best/4 of the target's can tie or win.
+
+    1. Upper bound: each target is compared with the `window` tokens nearest in centre x
+       (tokens sorted by centre x; a window is one contiguous slice, gathered as a block).
+    2. Certificate: if every token with |centre x - target x| <= best/4 lies in that window,
+       the window's winner is the answer.
+    3. Otherwise the exact search covers the square of half-side best/4 around the target's
+       centre: tokens are cut into `bin_size` runs of consecutive centre x and sorted by
+       centre y inside each run, so the square is one short y-slice per run it overlaps.
+       Targets far from every token (a wide square over many runs) are instead filtered by
+       centre distance in one pass over all K centres.
     """
 
-    def __init__(self, token_end: torch.Tensor, window: int = 24) -> None:
+    def __init__(self, token_end: torch.Tensor, window: int = 24, bin_size: int = 16) -> None:
         self.token_end = token_end
-        self.K = token_end.shape[0]
-        self.window = min(window, self.K)
-        cx = token_end[..., 0].mean(-1)
+        self.K = K = token_end.shape[0]
+        self.window = W = min(window, K)
+        self.centres = centres = token_end.mean(-2)  # (K, 2)
+        cx, cy = centres[:, 0], centres[:, 1]
         self.sorted_x, self.order = torch.sort(cx, stable=True)
-        self.sorted_end = token_end[self.order].contiguous()
-        # (K, 8): the 4 corner x then the 4 corner y, sorted; one gather serves both planes
-        self.sorted_xy = torch.cat([self.sorted_end[..., 0], self.sorted_end[..., 1]], -1)
-        self.centres = token_end.mean(-2)  # (K, 2)
-
-    def _slots(self, target, start, width, valid=None):
-        """Exact best (rows,) and choice over sorted slots start..start+width-1."""
-        slots = start[:, None] + torch.arange(width, device=target.device)
-        if valid is not None:
-            slots = torch.where(slots < valid[:, None], slots, start[:, None])  # pad: repeat
-        tx = target[:, None, :, 0].contiguous()
-        ty = target[:, None, :, 1].contiguous()
-        xy = self.sorted_xy[slots]
-        exact = corner_distance_xy(tx, ty, xy[..., :4], xy[..., 4:])
-        best = exact.min(-1, keepdim=True).values
-        return best[:, 0], _first_argmin(exact, self.order[slots], best)
+        # (K, 8) corner x then corner y; windows[s] is the block of sorted tokens s..s+W-1
+        xy = torch.cat([token_end[..., 0], token_end[..., 1]], -1)
+        self.windows = xy[self.order].unfold(0, W, 1).contiguous()  # (K-W+1, 8, W)
+        self.window_ids = self.order.unfold(0, W, 1).contiguous()  # (K-W+1, W)
+        # runs of bin_size tokens in x order, each sorted by y; a composite key per token
+        # (run index * span + y) is ascending, so one searchsorted finds any run's y-slice
+        self.bin_size = m = max(1, min(bin_size, K))
+        runs = torch.arange(K, device=token_end.device) // m
+        y = cy[self.order].double()
+        self.span = float(y.max() - y.min()) + 1.0
+        self.y0 = float(y.min())
+        key = runs * self.span + (y - self.y0)
+        key, within = torch.sort(key, stable=True)  # runs stay apart: keys never overlap
+        self.bin_key = key
+        self.bin_ids = self.order[within]
+        self.bin_xy = xy[self.bin_ids].contiguous()
+        self.bin_edges = self.sorted_x[::m].contiguous()  # smallest x of each run
 
     def nearest(self, target: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the nearest token end contour for each target contour (B, 4, 2)."""
@@ -156,42 +166,88 @@ class TokenIndex:
         target = target.to(self.token_end.dtype)
         if W == K:
             return _full_argmin(target, self.token_end)
-        tcx = target[..., 0].mean(-1)
-        pos = torch.searchsorted(self.sorted_x, tcx)
-        start = (pos - W // 2).clamp(0, K - W)
-        best, choice = self._slots(target, start, W)
+        centre = target.mean(-2)
+        tcx = centre[:, 0].contiguous()
+        start = (torch.searchsorted(self.sorted_x, tcx) - W // 2).clamp(0, K - W)
+        best, choice = self._window(target, start)
         # every token with |centre x - tcx| <= best / 4 may tie or win; widen by a margin
         reach = best / 4.0 + _slack(best, tcx)
-        lo = torch.searchsorted(self.sorted_x, tcx - reach, side="left")
-        hi = torch.searchsorted(self.sorted_x, tcx + reach, side="right")
-        unsure = (lo < start) | (hi > start + W)
+        B = len(tcx)
+        edge = torch.searchsorted(self.sorted_x, torch.cat([tcx - reach, tcx + reach]))
+        unsure = (edge[:B] < start) | (edge[B:] > start + W)
         if not unsure.any():
             return choice
-        # group rows by slice width so one far-off target does not widen every row's slice
-        width = hi - lo
-        done = ~unsure
-        rows = (~done & (width <= 4 * W)).nonzero()[:, 0]
-        if len(rows):
-            w = int(width[rows].max())
-            _, choice[rows] = self._slots(target[rows], lo[rows], w, hi[rows])
-            done[rows] = True
-        rows = (~done).nonzero()[:, 0]
-        if len(rows):  # far from every token: filter by centre distance in 2-D instead
-            choice[rows] = self._disc(target[rows], best[rows])
+        rows = unsure.nonzero()[:, 0]
+        c, r = centre[rows], reach[rows]
+        first = torch.searchsorted(self.bin_edges, (c[:, 0] - r).contiguous(), right=True) - 1
+        last = torch.searchsorted(self.bin_edges, (c[:, 0] + r).contiguous(), right=True) - 1
+        first = first.clamp_min(0)
+        runs = last - first + 1
+        # tiers by the number of runs the square crosses, so that a few far-off targets do
+        # not pad every row's search; past a quarter of the runs a full scan is cheaper
+        lower = 0
+        for upper in (4, 16, len(self.bin_edges) // 4):
+            sel = ((runs > lower) & (runs <= upper)).nonzero()[:, 0]
+            if len(sel):
+                i = rows[sel]
+                span = first[sel], last[sel]
+                choice[i] = self._square(target[i], c[sel], r[sel], *span, choice[i])
+            lower = upper
+        sel = runs > lower
+        if sel.any():
+            i = rows[sel]
+            choice[i] = self._disc(target[i], c[sel], r[sel])
         return choice
 
-    def _disc(self, target: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-        """Exact choice among tokens whose centre lies within best/4 of the target's."""
-        d = target.mean(-2)[:, None, :] - self.centres[None]  # (R, K, 2)
-        reach = best / 4.0 + _slack(best, target[..., 0].mean(-1))
+    def _window(self, target: torch.Tensor, start: torch.Tensor):
+        """Best distance (B,) and choice over each row's window of sorted tokens."""
+        block = self.windows.index_select(0, start)  # (B, 8, W)
+        exact = corner_distance_xy(
+            target[..., 0, None], target[..., 1, None], block[:, :4], block[:, 4:], dim=1
+        )
+        best = exact.min(-1, keepdim=True).values
+        return best[:, 0], _first_argmin(exact, self.window_ids.index_select(0, start), best)
+
+    def _disc(self, target: torch.Tensor, centre: torch.Tensor, reach: torch.Tensor):
+        """Exact choice among the tokens whose centre lies within `reach` of the target's,
+        found by one pass over all K centres (for targets far from every token)."""
+        d = centre[:, None, :] - self.centres[None]  # (R, K, 2)
         ok = (d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]) <= (reach * reach)[:, None]
         n = int(ok.sum(1).max())
-        if n >= self.K // 2:
+        if n >= self.K // 4:
             return _full_argmin(target, self.token_end)
         _, cand = torch.topk(ok.to(torch.int8), n, dim=1)  # the allowed tokens (any order)
         exact = corner_distance(target[:, None], self.token_end[cand])
         exact = torch.where(torch.gather(ok, 1, cand), exact, torch.inf)
         return _first_argmin(exact, cand)
+
+    def _square(self, target, centre, reach, first, last, fallback) -> torch.Tensor:
+        """Exact choice among the tokens whose centre lies in the square centre +- reach,
+        which spans the runs first..last."""
+        span = self.span
+        nb = int((last - first).max()) + 1
+        run = first[:, None] + torch.arange(nb, device=target.device)  # (R, nb)
+        # y-range relative to the smallest token y, kept inside one run's key range
+        y = (centre[:, 1].double() - self.y0)[:, None]
+        r = reach.double()[:, None]
+        ylo, yhi = (y - r).clamp(-0.5, span - 0.5), (y + r).clamp(-0.5, span - 0.5)
+        keys = torch.stack([run * span + ylo, run * span + yhi], -1)
+        lo, hi = torch.searchsorted(self.bin_key, keys.reshape(-1, 2)).reshape(-1, nb, 2).unbind(-1)
+        hi = torch.where(run <= last[:, None], hi, lo)  # runs past the square: empty
+        w = int((hi - lo).max())
+        if w == 0:
+            return fallback
+        slots = lo[..., None] + torch.arange(w, device=target.device)  # (R, nb, w)
+        valid = (slots < hi[..., None]).reshape(len(lo), -1)
+        slots = slots.reshape(len(lo), -1).clamp_max(self.K - 1)
+        xy = self.bin_xy[slots]  # (R, nb * w, 8)
+        exact = corner_distance_xy(
+            target[:, None, :, 0], target[:, None, :, 1], xy[..., :4], xy[..., 4:]
+        )
+        exact = torch.where(valid, exact, torch.inf)
+        best = exact.min(-1, keepdim=True).values
+        choice = _first_argmin(exact, self.bin_ids[slots], best)
+        return torch.where(torch.isfinite(best[:, 0]), choice, fallback)
 
 
 def _slack(best: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

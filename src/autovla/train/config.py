@@ -25,6 +25,11 @@ class ModelSource(StrictModel):
         "it must match the model's codebook",
     )
     seed: int = 0
+    action_init: Literal["mean", "geometry"] = Field(
+        default="mean",
+        description="new action-token rows: mean of the existing rows, or a geometric prior "
+        "from the codebook (fresh presets only)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -82,6 +87,12 @@ class OptimConfig(StrictModel):
 class LossConfig(StrictModel):
     lambda_cot: float = Field(default=40.0, gt=0, description="weight of samples with reasoning")
     lambda_a: float = Field(default=1.0, ge=0, description="weight of the action-token term")
+    action_sigma: float = Field(
+        default=0.0,
+        ge=0,
+        description="soft action targets: Gaussian over end-contour distance with this "
+        "sigma (m); 0 = plain cross-entropy (the paper)",
+    )
 
 
 class TrainConfig(StrictModel):

@@ -48,7 +48,9 @@ def load_vla(src: ModelSource, checkpoint: str | Path | None = None) -> Any:
         where = src.path
     else:
         assert src.preset is not None and src.codebook is not None  # checked by the config
-        return build_model(src.preset, load_codebook(src.codebook), seed=src.seed)
+        return build_model(
+            src.preset, load_codebook(src.codebook), seed=src.seed, action_init=src.action_init
+        )
     if src.codebook is not None:
         check_codebook(vla, src.codebook, where)
     return vla

@@ -39,6 +39,7 @@ from autovla.config import dump_config
 from autovla.train import checkpointing as ckpt
 from autovla.train import model_setup as ms
 from autovla.train.data import MixedStream, Source
+from autovla.train.distributed import out_of_time
 from autovla.train.grpo import group_advantages, grpo_loss
 from autovla.train.rewards import Completion, total_reward
 from autovla.train.rft_config import RFTConfig
@@ -324,8 +325,12 @@ def train_rft(cfg: RFTConfig) -> RFTResult:
     step = run.start_step
     batches = run.batches()
     window: list[dict[str, float]] = []
+    t_start = time.perf_counter()
     try:
         while step < cfg.train.max_steps:
+            if out_of_time(acc, t_start, cfg.train.max_minutes):
+                tracker.message(f"rft: train.max_minutes reached at step {step}")
+                break
             window.append(run.step(next(batches), step))
             step += 1
             tracker.advance()

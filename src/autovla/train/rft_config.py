@@ -64,6 +64,9 @@ class RFTOptimConfig(OptimConfig):
 
 class RFTTrainConfig(StrictModel):
     max_steps: int = Field(default=100, ge=1, description="sampled batches (each: B prompts x G)")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="stop (with a checkpoint) after this much training time"
+    )
     prompts_per_step: int = Field(default=2, ge=1, description="prompts per process per step (B)")
     forward_prompts: int | None = Field(
         default=None, ge=1, description="prompts per policy forward (memory); null = all B"

@@ -38,7 +38,7 @@ from autovla.train.distributed import (
     out_of_time,
     summarise,
 )
-from autovla.train.loss import sft_loss
+from autovla.train.loss import action_soft_targets, sft_loss
 from autovla.train.schedule import lr_factor
 from autovla.train.tracking import Tracker
 
@@ -172,6 +172,12 @@ class _Run:
             ms.param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps
         )
         self.trainable, self.total = ms.count_params(model)
+        sigma = cfg.loss.action_sigma
+        self.soft_targets = (
+            action_soft_targets(self.vla.codebook.contours[:, -1], sigma).to(self.acc.device)
+            if sigma > 0
+            else None
+        )
 
     def loader(self) -> Any:
         from torch.utils.data import DataLoader
@@ -290,6 +296,8 @@ class _Run:
                     batch["action_mask"].to(self.acc.device),
                     batch["sample_weight"],
                     cfg.loss.lambda_a,
+                    self.soft_targets,
+                    self.vla.action_start,
                 )
                 self.acc.backward(out.loss)
                 if self.acc.sync_gradients and cfg.optim.clip_grad_norm is not None:
