@@ -109,6 +109,28 @@ def test_action_tokens_geometry_initialised():
         build_model("tiny", cb, seed=3, action_init="zeros")
 
 
+def test_number_tokens_value_initialised():
+    from autovla.model.checkpoint import build_model
+
+    cb = tiny_codebook(k=32)
+    vla = build_model("tiny", cb, seed=3, number_init=True)
+    plain = build_model("tiny", cb, seed=3)
+    emb = vla.model.get_input_embeddings().weight
+    tok = vla.tokenizer
+
+    def row(t: str) -> torch.Tensor:
+        return emb[tok.convert_tokens_to_ids(t)]
+
+    cos = torch.nn.functional.cosine_similarity
+    # Nearby values start alike, distant ones do not; other rows are untouched.
+    assert cos(row("8"), row("9"), dim=0) > 0.8
+    assert cos(row("8"), row("9"), dim=0) > cos(row("8"), row("12"), dim=0) + 0.3
+    assert cos(row("12"), row("75"), dim=0) < 0.5
+    other = tok.convert_tokens_to_ids("Current")
+    torch.testing.assert_close(emb[other], plain.model.get_input_embeddings().weight[other])
+    assert vla.info["number_init"] is True and plain.info["number_init"] is False
+
+
 def test_labels_cover_only_the_answer():
     vla = tiny_vla()
     root, samples = dataset()

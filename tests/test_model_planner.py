@@ -194,3 +194,38 @@ def test_plain_text_markup_format(plain_planner):
     assert row.phase == "actions"
     text = vla.tokenizer.decode(row.completion)
     assert text == "Scene: empty.\n</think>\n<answer>\nThe final output action is: "
+
+
+def test_expected_action_choice_takes_the_middle_motion():
+    """Mass split between two motions: the expected choice is the token nearest their mean."""
+    vla = tiny_vla()
+    planner = Planner(vla, action_choice="expected", action_top_p=1.0)
+    ends = vla.codebook.contours[:, -1]  # (K, 4, 2)
+    a, b = 1, 2
+    mean = 0.5 * (ends[a] + ends[b])
+    nearest = int((ends - mean).norm(dim=-1).sum(-1).argmin())
+    logits = torch.full((1, vla.model.get_output_embeddings().weight.shape[0]), -1e4)
+    logits[0, vla.action_start + a] = logits[0, vla.action_start + b] = 0.0
+    assert int(planner._expected_actions(logits)[0]) == vla.action_start + nearest
+    # A confident model: expected and argmax agree.
+    logits[0, vla.action_start + b] = -30.0
+    assert int(planner._expected_actions(logits)[0]) == vla.action_start + a
+
+
+def test_expected_action_choice_plans_valid_greedy_trajectories():
+    vla = tiny_vla()
+    root, samples = dataset()
+    argmax = Planner(vla, max_reasoning_tokens=24).plan(samples, root, mode="fast")
+    nucleus_of_one = Planner(
+        vla, max_reasoning_tokens=24, action_choice="expected", action_top_p=1e-6
+    ).plan(samples, root, mode="fast")
+    for r, q in zip(argmax, nucleus_of_one, strict=True):
+        _check_valid(q, vla)
+        assert q.action_ids == r.action_ids  # a nucleus of one token is the argmax
+    expected = Planner(vla, max_reasoning_tokens=24, action_choice="expected")
+    for r in expected.plan(samples, root, mode="auto"):
+        _check_valid(r, vla)
+    with pytest.raises(ValueError, match="action_choice"):
+        Planner(vla, action_choice="mean")
+    with pytest.raises(ValueError, match="action_top_p"):
+        Planner(vla, action_top_p=0.0)

@@ -19,6 +19,17 @@ def test_equal_rewards_give_zero_advantage():
     assert torch.allclose(adv[3:], torch.tensor([-1.0, 0.0, 1.0]) / (1 + 1e-4))
 
 
+def test_unscaled_advantages_keep_reward_units():
+    rewards = np.array([5.0, 5.0, 5.0, 5.3, 2.0, 4.0, 6.0, 8.0])
+    adv = group_advantages(rewards, group_size=4, scale=False)
+    # Centred only: a 0.3 penalty-sized gap stays small, a driving-score spread stays large.
+    assert torch.allclose(adv[:4], torch.tensor([-0.075, -0.075, -0.075, 0.225]))
+    assert torch.allclose(adv[4:], torch.tensor([-3.0, -1.0, 1.0, 3.0]))
+    scaled = group_advantages(rewards, group_size=4)
+    assert abs(float(scaled[3])) > 1.0  # the paper's scaling blows the small gap up
+    assert torch.allclose(group_advantages(np.full(4, 7.0), 4, scale=False), torch.zeros(4))
+
+
 def test_advantage_groups_must_divide():
     with pytest.raises(ValueError, match="groups of 4"):
         group_advantages(np.ones(6), 4)

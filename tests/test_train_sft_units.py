@@ -109,6 +109,24 @@ def test_weighted_loss_worked_example():
         sft_loss(logits, labels[:, :3], action, weight)
 
 
+def test_first_action_weight_counts_the_first_action_token_more():
+    ln2, ln4 = math.log(2), math.log(4)
+    # Vocabulary 4, ids 2 and 3 are actions; one sample whose answer is two action tokens.
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0] = torch.log(torch.tensor([1 / 6, 1 / 6, 1 / 2, 1 / 6]))  # first: p = 1/2
+    # second: uniform, p = 1/4
+    labels = torch.tensor([[-100, 2, 3]])
+    action = torch.tensor([[False, True, True]])
+    weight = torch.ones(1)
+    plain = sft_loss(logits, labels, action, weight, lambda_a=1.0)
+    assert math.isclose(plain.action.item(), (ln2 + ln4) / 2, rel_tol=1e-5)
+    out = sft_loss(logits, labels, action, weight, lambda_a=1.0, first_action_weight=3.0)
+    assert math.isclose(out.action.item(), (3 * ln2 + ln4) / 4, rel_tol=1e-5)
+    # The language-model term (all answer tokens) is unweighted.
+    assert math.isclose(out.lm.item(), plain.lm.item(), rel_tol=1e-6)
+    assert math.isclose(out.loss.item(), out.lm.item() + out.action.item(), rel_tol=1e-5)
+
+
 def test_soft_action_targets():
     from autovla.tokenizer.contours import box_contour
 

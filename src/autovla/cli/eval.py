@@ -14,11 +14,21 @@ from autovla.cli.common import console, fail, table
 app = typer.Typer(no_args_is_help=True)
 
 
-def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int):
+ACTION_CHOICE_HELP = (
+    "Greedy action tokens: argmax (most likely token) or expected (the token nearest the "
+    "probability-weighted mean motion)."
+)
+
+
+def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int, action_choice: str):
     """The model planner behind the evaluation interface."""
     from autovla.eval.planner_adapter import planner_plan_fn
 
-    return planner_plan_fn(model, mode=mode, num_samples=num_samples, seed=seed)
+    if action_choice not in ("argmax", "expected"):
+        raise fail(f"--action-choice must be argmax or expected, got {action_choice!r}")
+    return planner_plan_fn(
+        model, mode=mode, num_samples=num_samples, seed=seed, action_choice=action_choice
+    )
 
 
 @app.command("open-loop")
@@ -32,6 +42,7 @@ def open_loop(
     ),
     codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
+    action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
     num_samples: int = typer.Option(1, min=1, help="Plans sampled per scene (best-of-K)."),
     batch_size: int = typer.Option(8, min=1),
     limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N samples."),
@@ -56,7 +67,7 @@ def open_loop(
             from autovla.model.checkpoint import CheckpointError
 
             try:
-                plan_fn = _model_plan_fn(model, mode, num_samples, seed)
+                plan_fn = _model_plan_fn(model, mode, num_samples, seed, action_choice)
             except CheckpointError as e:
                 raise fail(str(e)) from None
         results = run_open_loop(
@@ -71,6 +82,7 @@ def open_loop(
             model_path=str(model) if model else None,
             config={
                 "mode": mode,
+                "action_choice": action_choice,
                 "num_samples": num_samples,
                 "codebook": str(codebook) if codebook else None,
             },
@@ -160,6 +172,7 @@ def closed_loop(
     seed: int = typer.Option(0, help="Seed of the first episode (the rest count up)."),
     types: list[str] = typer.Option([], "--types", help="Scenario types (default: all, in turn)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
+    action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
     gif: list[int] = typer.Option([], "--gif", help="Save an animated GIF of episode N."),
     overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
     report: bool = typer.Option(True, help="Also write report.html."),
@@ -183,7 +196,7 @@ def closed_loop(
         from autovla.model.checkpoint import CheckpointError
 
         try:
-            plan_fn = _model_plan_fn(model, mode, 1, seed)
+            plan_fn = _model_plan_fn(model, mode, 1, seed, action_choice)
         except CheckpointError as e:
             raise fail(str(e)) from None
     try:

@@ -64,9 +64,14 @@ class ModelPlanFn:
 
 
 def planner_plan_fn(
-    model_dir: str | os.PathLike, mode: str = "auto", num_samples: int = 1, seed: int = 0
+    model_dir: str | os.PathLike,
+    mode: str = "auto",
+    num_samples: int = 1,
+    seed: int = 0,
+    action_choice: str = "argmax",
 ) -> ModelPlanFn:
-    """Load a model directory (GPU in bf16 when there is one) and wrap its planner."""
+    """Load a model directory (GPU in bf16 when there is one) and wrap its planner;
+    `action_choice` picks greedy action tokens (see `autovla.model.planner`)."""
     import torch
 
     from autovla.model.checkpoint import AutoVLA
@@ -75,4 +80,5 @@ def planner_plan_fn(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     vla = AutoVLA.from_pretrained(model_dir, device=device, dtype=dtype)
-    return ModelPlanFn(Planner(vla), mode=mode, num_samples=num_samples, seed=seed)
+    planner = Planner(vla, action_choice=action_choice)
+    return ModelPlanFn(planner, mode=mode, num_samples=num_samples, seed=seed)

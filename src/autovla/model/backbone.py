@@ -82,6 +82,7 @@ class Preset:
     vocab_size: int | None = None  # embedding rows; None = the tokenizer's size
     pretrained: str | None = None  # hub id / directory to load when available
     tie_embeddings: bool = False
+    rope_theta: float = 1_000_000.0  # Qwen2.5-VL's; see the tiny preset
 
     @property
     def head_dim(self) -> int:
@@ -92,7 +93,12 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         # 224x112 frames resized to 168x84: 36 vision tokens per 4-frame camera video.
-        Preset("tiny", 128, 256, 2, 4, 2, (4, 6, 6), 2, 64, 128, 4, (1,), pixels=168 * 84),
+        # rope_theta 1e4: with head_dim 32 and Qwen's 1e6 almost no rotary pair turns within a
+        # prompt, so a 2-layer model cannot tell which number is the speed by position.
+        Preset(
+            "tiny", 128, 256, 2, 4, 2, (4, 6, 6), 2, 64, 128, 4, (1,), pixels=168 * 84,
+            rope_theta=10_000.0,
+        ),
         # Full 224x112 frames: 64 vision tokens per camera video.
         Preset("small", 256, 768, 4, 8, 2, (4, 6, 6), 4, 128, 256, 4, (1, 3), pixels=224 * 112),
         # Qwen2.5-VL-3B-Instruct's published configuration; reference pixel budget.
@@ -197,7 +203,7 @@ def model_config(preset: Preset, tokenizer: Any) -> Any:
         "max_position_embeddings": 32768,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": 1_000_000.0,
+            "rope_theta": preset.rope_theta,
             "mrope_section": list(preset.mrope_section),
         },
         "bos_token_id": ids["<|endoftext|>"],

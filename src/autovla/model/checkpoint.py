@@ -176,23 +176,15 @@ def _mean_init_rows(model: Any, start: int, stop: int, reference_rows: int) -> N
             head.weight[start:stop] = head.weight[:reference_rows].mean(0, keepdim=True)
 
 
-def geometry_init_rows(model: Any, start: int, end_poses: Any, seed: int = 0) -> None:
-    """Give the action tokens' embedding (and untied output) rows a geometric prior.
-
-    Mean initialisation makes every action token identical, so the output layer learns each
-    of the K motions on its own; a random model of a few hundred thousand weights then needs
-    far more steps than it gets. Here row k is the mean row plus random Fourier features of
-    token k's end pose (standardised x, y, heading), scaled to the spread of the existing rows:
-    tokens for similar motions start with similar rows (an RBF kernel of bandwidth `ell` in
-    standard deviations), so what is learnt for one motion carries over to its neighbours.
-    """
+def _fourier_init(model: Any, rows: Any, z: Any, seed: int, ell: float = 0.5) -> None:
+    """Rows `rows` of the embedding (and untied output) matrix := the mean of the rows before
+    the first of them plus random Fourier features of the standardised values `z` (N, D),
+    scaled to the spread of those rows: an RBF kernel of bandwidth `ell` standard deviations,
+    so rows for nearby values start alike."""
     import torch
 
-    ell = 0.5
-    poses = end_poses.detach().to("cpu", torch.float64)
-    z = (poses - poses.mean(0)) / poses.std(0).clamp_min(1e-6)
+    first = int(min(rows))
     g = torch.Generator().manual_seed(seed)
-    stop = start + len(z)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings()
@@ -204,9 +196,44 @@ def geometry_init_rows(model: Any, start: int, end_poses: Any, seed: int = 0) ->
             omega = torch.randn(z.shape[1], d, generator=g, dtype=torch.float64) / ell
             phase = torch.rand(d, generator=g, dtype=torch.float64) * 2 * math.pi
             feat = torch.cos(z @ omega + phase) * math.sqrt(2.0)  # unit variance per entry
-            ref = w[:start].double()
+            ref = w[:first].double()
             spread = (ref - ref.mean(0)).std()
-            w[start:stop] = (ref.mean(0) + spread * feat).to(w.dtype)
+            w[list(rows)] = (ref.mean(0) + spread * feat).to(w.dtype)
+
+
+def geometry_init_rows(model: Any, start: int, end_poses: Any, seed: int = 0) -> None:
+    """Give the action tokens' embedding (and untied output) rows a geometric prior.
+
+    Mean initialisation makes every action token identical, so the output layer learns each
+    of the K motions on its own; a random model of a few hundred thousand weights then needs
+    far more steps than it gets. Here row k is the mean row plus random Fourier features of
+    token k's end pose (standardised x, y, heading): tokens for similar motions start with
+    similar rows, so what is learnt for one motion carries over to its neighbours.
+    """
+    import torch
+
+    poses = end_poses.detach().to("cpu", torch.float64)
+    z = (poses - poses.mean(0)) / poses.std(0).clamp_min(1e-6)
+    _fourier_init(model, range(start, start + len(z)), z, seed)
+
+
+def number_init_rows(model: Any, tokenizer: Any, seed: int = 0) -> list[int]:
+    """Give the number tokens of a random-weight tokenizer ("0".."9", "00".."99") rows that
+    encode their value, so "8" starts next to "9" and far from "2": the model reads the current
+    speed ("8.757" -> 8 . 75 7) by value rather than as unrelated symbols. Returns the ids."""
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    numbers = sorted(
+        (int(t), i) for t, i in vocab.items() if t.isascii() and t.isdigit() and len(t) <= 2
+    )
+    if not numbers:
+        return []
+    values = torch.tensor([[float(v)] for v, _ in numbers], dtype=torch.float64)
+    z = (values - values.mean(0)) / values.std(0).clamp_min(1e-6)
+    ids = [i for _, i in numbers]
+    _fourier_init(model, ids, z, seed + 1, ell=0.1)
+    return ids
 
 
 def add_tokens_to_model(vla_model: Any, tokenizer: Any, fmt: PromptFormat, num_actions: int) -> int:
@@ -242,6 +269,7 @@ def build_model(
     allow_random: bool = True,
     random_weights: bool = False,
     action_init: str = "mean",
+    number_init: bool = False,
 ) -> AutoVLA:
     """A fresh AutoVLA: a preset backbone plus the codebook's action tokens.
 
@@ -250,7 +278,8 @@ def build_model(
     config with random weights when `allow_random` (speed benchmarks), else an error.
     `random_weights` skips looking for pretrained weights. `action_init` is how the new
     action-token rows start: "mean" (the mean of the existing rows) or "geometry"
-    (`geometry_init_rows`).
+    (`geometry_init_rows`); `number_init` gives number tokens value-aware rows
+    (`number_init_rows`, random-weight builds only).
     """
     import torch
 
@@ -277,6 +306,11 @@ def build_model(
     elif action_init != "mean":
         raise ValueError(f"action_init must be 'mean' or 'geometry', got {action_init!r}")
     info["action_init"] = action_init
+    if number_init:
+        if resolved is not None:
+            raise ValueError("number_init is for random-weight builds (pretrained rows are kept)")
+        number_init_rows(model, processor.tokenizer, seed=seed)
+    info["number_init"] = number_init
     if dtype is not None:
         model.to(dtype)
     model.to(device)

@@ -7,6 +7,12 @@ Per row the decoder walks through phases:
     actions -> exactly 10 tokens, only <action_i> allowed
     done    -> the closing text is appended without running the model
 
+Greedy action tokens are either the most likely token ("argmax") or, with
+`action_choice="expected"`, the token whose end contour is nearest the probability-weighted
+mean end contour of the tokens in the top-p nucleus: when the model hesitates between
+similar motions (9 or 11 m/s), the plan takes the middle one rather than a coin flip between
+them, which is what a squared-error metric rewards. Sampling (temperature > 0) is unchanged.
+
 Text that is fixed once the mode is known (the rest of the mode line, the think close and the
 answer opening) is fed in one forward pass. A forced mode pre-fills the mode line in the
 prompt. Rows of a batch advance together; when they feed different numbers of tokens, the
@@ -32,6 +38,7 @@ from autovla.model.prompts import Mode, SystemKind, parse_answer
 from autovla.model.sampling import choose_tokens, make_generator
 
 PlanMode = Literal["auto", "fast", "slow"]
+ActionChoice = Literal["argmax", "expected"]
 
 
 @dataclass
@@ -89,8 +96,17 @@ class Planner:
         vla: AutoVLA,
         system: SystemKind | None = None,
         max_reasoning_tokens: int | None = None,
+        action_choice: ActionChoice = "argmax",
+        action_top_p: float = 0.9,
     ):
+        if action_choice not in ("argmax", "expected"):
+            raise ValueError(f"action_choice must be argmax or expected, got {action_choice!r}")
+        if not 0.0 < action_top_p <= 1.0:
+            raise ValueError(f"action_top_p must be in (0, 1], got {action_top_p}")
         self.vla = vla
+        self.action_choice: ActionChoice = action_choice
+        self.action_top_p = action_top_p
+        self._ends: torch.Tensor | None = None  # token end contours on the decoding device
         self._record = False
         self.system: SystemKind = system or vla.info.get("system", "dual")
         fmt, tok = vla.fmt, vla.tokenizer
@@ -242,6 +258,10 @@ class Planner:
             [allowed.get(r.phase, allowed["actions"]) for r in rows]  # done rows: any valid row
         )
         chosen_t = choose_tokens(logits, phase_mask, temperature, top_p, gen)
+        if temperature <= 0 and self.action_choice == "expected":
+            act = [i for i, r in enumerate(rows) if r.phase == "actions"]
+            if act:
+                chosen_t[act] = self._expected_actions(logits[act])
         chosen = chosen_t.tolist()
         if self._record:
             lp = torch.log_softmax(logits.float(), -1).gather(-1, chosen_t[:, None])[:, 0]
@@ -266,6 +286,24 @@ class Planner:
                     row.pending = []  # nothing follows: no need to run the model on it
                 else:
                     row.feed([tok_id], True)
+
+    def _expected_actions(self, logits: torch.Tensor) -> torch.Tensor:
+        """Token ids whose end contour is nearest the nucleus-weighted mean end contour."""
+        vla = self.vla
+        probs = torch.softmax(logits[:, vla.action_start : vla.action_end].float(), -1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < self.action_top_p  # at least the top token
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+        probs = probs / probs.sum(-1, keepdim=True)
+        ends = self._token_ends(logits.device)  # (K, 4, 2)
+        mean = torch.einsum("rk,kcd->rcd", probs, ends)
+        dist = (ends[None] - mean[:, None]).norm(dim=-1).sum(-1)  # (R, K): sum of corner gaps
+        return dist.argmin(-1) + vla.action_start
+
+    def _token_ends(self, device: torch.device) -> torch.Tensor:
+        if self._ends is None or self._ends.device != device:
+            self._ends = self.vla.codebook.contours[:, -1].to(device=device, dtype=torch.float32)
+        return self._ends
 
     def _reason_step(self, row: _Row, tok_id: int) -> None:
         tok = self.vla.tokenizer

@@ -30,6 +30,11 @@ class ModelSource(StrictModel):
         description="new action-token rows: mean of the existing rows, or a geometric prior "
         "from the codebook (fresh presets only)",
     )
+    number_init: bool = Field(
+        default=False,
+        description="number tokens start with rows that encode their value (fresh presets with "
+        "a random-weight tokenizer only)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -61,6 +66,10 @@ class ValConfig(StrictModel):
     max_samples: int = Field(default=32, ge=1)
     batch_size: int = Field(default=8, ge=1)
     at_end: bool = True
+    action_choice: Literal["argmax", "expected"] = Field(
+        default="argmax",
+        description="greedy action tokens of the validation plans (autovla.model.planner)",
+    )
 
 
 class LoraConfig(StrictModel):
@@ -92,6 +101,12 @@ class LossConfig(StrictModel):
         ge=0,
         description="soft action targets: Gaussian over end-contour distance with this "
         "sigma (m); 0 = plain cross-entropy (the paper)",
+    )
+    first_action_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="weight of the first action token (the one that reads the current speed) "
+        "within the action term; 1 = the paper",
     )
 
 

@@ -18,10 +18,16 @@ import torch
 ADV_EPS = 1e-4
 
 
-def group_advantages(rewards: np.ndarray | torch.Tensor, group_size: int) -> torch.Tensor:
-    """Normalise rewards (B * G,) within consecutive groups of `group_size` completions.
+def group_advantages(
+    rewards: np.ndarray | torch.Tensor, group_size: int, scale: bool = True
+) -> torch.Tensor:
+    """Centre rewards (B * G,) within consecutive groups of `group_size` completions and, with
+    `scale` (the paper's GRPO), divide by the group's std.
 
-    Equal rewards in a group give zero advantage (nothing to learn from that prompt).
+    Equal rewards in a group give zero advantage (nothing to learn from that prompt). Without
+    `scale` (Dr. GRPO, Liu et al. 2025) an advantage keeps the reward's units, so a group whose
+    completions differ only by a small term (the reasoning penalty) pushes as little as that
+    term is worth, instead of as hard as a group whose driving scores differ.
     """
     r = torch.as_tensor(
         np.asarray(rewards, dtype=np.float32) if not torch.is_tensor(rewards) else rewards
@@ -32,7 +38,9 @@ def group_advantages(rewards: np.ndarray | torch.Tensor, group_size: int) -> tor
     if r.numel() % group_size:
         raise ValueError(f"{r.numel()} rewards do not split into groups of {group_size}")
     g = r.view(-1, group_size)
-    adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + ADV_EPS)
+    adv = g - g.mean(1, keepdim=True)
+    if scale:
+        adv = adv / (g.std(1, keepdim=True) + ADV_EPS)
     return adv.view(-1)
 
 

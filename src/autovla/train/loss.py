@@ -7,6 +7,11 @@ L_lm,i is the mean next-token cross-entropy over sample i's answer tokens (label
 L_act,i the mean over its action tokens only (0 when it has none). Per-sample means keep a
 long chain of thought from drowning the ten action tokens of its own sample.
 
+Optionally (`first_action_weight`, 1 in the paper's recipe) L_act,i is a weighted mean in
+which the first action token counts that many times: under teacher forcing every later token
+sees the true previous motion and mostly continues it, so the first token is the only one
+that must read the current speed from the prompt, yet it is a tenth of the action term.
+
 Optionally (`soft_action_targets`, off in the paper's recipe) an action token's target is a
 distribution over all action tokens that decays with the distance between their end contours
 (`action_soft_targets`): a near miss then costs less than a far one, which gives a small model
@@ -40,11 +45,13 @@ def sft_loss(
     lambda_a: float = 1.0,
     soft_action_targets: torch.Tensor | None = None,
     action_start: int = 0,
+    first_action_weight: float = 1.0,
 ) -> LossOutput:
     """logits (B, L, V); labels (B, L) = input ids on the answer, -100 elsewhere (not shifted);
     action_mask (B, L) True where the label is an action token; sample_weight (B,);
     soft_action_targets (K, K): row k is the target distribution for action token k, whose
-    id is action_start + k (None: one-hot, plain cross-entropy)."""
+    id is action_start + k (None: one-hot, plain cross-entropy); first_action_weight: weight
+    of each sample's first action token within its action term."""
     if logits.shape[:2] != labels.shape or labels.shape != action_mask.shape:
         raise ValueError(
             f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
@@ -68,7 +75,11 @@ def sft_loss(
     zeros = torch.zeros(batch, device=logits.device, dtype=torch.float32)
     n_tok = zeros.index_add(0, rows, torch.ones_like(tok_loss))
     lm = zeros.index_add(0, rows, tok_loss) / n_tok.clamp(min=1)
-    act_sel = is_act[valid].float()
+    act_w = is_act.float()
+    if first_action_weight != 1.0:
+        first = is_act & (is_act.long().cumsum(1) == 1)
+        act_w = act_w + (first_action_weight - 1.0) * first.float()
+    act_sel = act_w[valid]
     n_act = zeros.index_add(0, rows, act_sel)
     act = zeros.index_add(0, rows, tok_loss * act_sel) / n_act.clamp(min=1)
     w = sample_weight.to(device=logits.device, dtype=torch.float32)

@@ -49,7 +49,11 @@ def load_vla(src: ModelSource, checkpoint: str | Path | None = None) -> Any:
     else:
         assert src.preset is not None and src.codebook is not None  # checked by the config
         return build_model(
-            src.preset, load_codebook(src.codebook), seed=src.seed, action_init=src.action_init
+            src.preset,
+            load_codebook(src.codebook),
+            seed=src.seed,
+            action_init=src.action_init,
+            number_init=src.number_init,
         )
     if src.codebook is not None:
         check_codebook(vla, src.codebook, where)

@@ -205,7 +205,7 @@ class _Run:
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
         terms = total_reward(rep, rep_roots, comps, **cfg.reward.model_dump())
-        adv = group_advantages(terms["total"], G).to(acc.device)
+        adv = group_advantages(terms["total"], G, g.scale_advantages).to(acc.device)
 
         per = cfg.train.forward_prompts or len(items)
         chunks = [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]

@@ -29,6 +29,10 @@ class GRPOConfig(StrictModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     beta: float = Field(default=0.04, ge=0, description="weight of the k3 KL to the reference")
     clip_eps: float = Field(default=0.2, gt=0, description="PPO ratio clip (num_epochs > 1)")
+    scale_advantages: bool = Field(
+        default=True,
+        description="divide advantages by the group's reward std (paper); false: centre only",
+    )
     num_epochs: int = Field(default=1, ge=1, description="policy updates per sampled batch")
     max_reasoning_tokens: int | None = Field(
         default=None, ge=1, description="cap on sampled reasoning; null = the prompt format's"

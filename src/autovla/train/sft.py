@@ -262,7 +262,11 @@ class _Run:
             try:
                 with torch.no_grad(), self.acc.autocast():
                     metrics = run_validation(
-                        self.vla, self.val_items, self.cfg.val.batch_size, self.cfg.train.variant
+                        self.vla,
+                        self.val_items,
+                        self.cfg.val.batch_size,
+                        self.cfg.train.variant,
+                        self.cfg.val.action_choice,
                     )
             finally:
                 self.raw_model.train()
@@ -298,6 +302,7 @@ class _Run:
                     cfg.loss.lambda_a,
                     self.soft_targets,
                     self.vla.action_start,
+                    cfg.loss.first_action_weight,
                 )
                 self.acc.backward(out.loss)
                 if self.acc.sync_gradients and cfg.optim.clip_grad_norm is not None:

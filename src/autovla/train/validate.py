@@ -51,11 +51,17 @@ def slow_shares(modes: Sequence[str | None], complex_flags: Sequence[bool | None
     return {"slow_share_complex": share(True), "slow_share_straightforward": share(False)}
 
 
-def run_validation(vla: Any, items: Sequence[Any], batch_size: int, variant: str) -> dict:
+def run_validation(
+    vla: Any,
+    items: Sequence[Any],
+    batch_size: int,
+    variant: str,
+    action_choice: str = "argmax",
+) -> dict:
     """Plan every item (mode 'auto' for dual thinking, 'fast' for action-only) and score."""
     from autovla.model.planner import Planner
 
-    planner = Planner(vla)
+    planner = Planner(vla, action_choice=action_choice)
     mode = "auto" if variant == "dual" else "fast"
     preds, modes = [], []
     for i in range(0, len(items), batch_size):
