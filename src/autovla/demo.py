@@ -189,8 +189,9 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     ]
     planners = {
         "constant-velocity": ["--baseline", "constant-velocity"],
-        "sft": ["--model", str(sft_model)],
-        "rft": ["--model", str(rft_model)],
+        # the tiny recipe trains soft action targets: plan with the mean motion (planner docs)
+        "sft": ["--model", str(sft_model), "--action-choice", "expected"],
+        "rft": ["--model", str(rft_model), "--action-choice", "expected"],
         "expert": ["--baseline", "expert"],
     }
     for name, how in planners.items():
