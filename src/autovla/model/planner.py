@@ -35,7 +35,7 @@ from autovla.model.checkpoint import AutoVLA
 from autovla.model.inputs import encode_batch, end_of_turn
 from autovla.model.logprobs import unwrap
 from autovla.model.prompts import Mode, SystemKind, parse_answer
-from autovla.model.sampling import choose_tokens, make_generator
+from autovla.model.sampling import choose_tokens, make_generator, nucleus
 
 PlanMode = Literal["auto", "fast", "slow"]
 ActionChoice = Literal["argmax", "expected"]
@@ -291,9 +291,7 @@ class Planner:
         """Token ids whose end contour is nearest the nucleus-weighted mean end contour."""
         vla = self.vla
         probs = torch.softmax(logits[:, vla.action_start : vla.action_end].float(), -1)
-        sorted_p, order = probs.sort(-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < self.action_top_p  # at least the top token
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+        probs = nucleus(probs, self.action_top_p)
         probs = probs / probs.sum(-1, keepdim=True)
         ends = self._token_ends(logits.device)  # (K, 4, 2)
         mean = torch.einsum("rk,kcd->rcd", probs, ends)

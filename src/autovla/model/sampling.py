@@ -21,14 +21,18 @@ def choose_tokens(
         logits = logits.masked_fill(~allowed, float("-inf"))
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    probs = nucleus(torch.softmax(logits / temperature, dim=-1), top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero all but the smallest prefix of most likely tokens whose mass reaches top_p (always
+    at least one token); rows are not renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
