@@ -18,6 +18,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+ACTION_CHOICE_HELP = (
+    "Greedy action tokens: argmax (most likely token) or expected (the token nearest the "
+    "probability-weighted mean motion)."
+)
+
+
+def check_action_choice(action_choice: str) -> None:
+    """The CLI's --action-choice, checked before any model is loaded."""
+    if action_choice not in ("argmax", "expected"):
+        raise fail(f"--action-choice must be argmax or expected, got {action_choice!r}")
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):

@@ -9,23 +9,16 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import console, fail, table
+from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
 
 app = typer.Typer(no_args_is_help=True)
-
-
-ACTION_CHOICE_HELP = (
-    "Greedy action tokens: argmax (most likely token) or expected (the token nearest the "
-    "probability-weighted mean motion)."
-)
 
 
 def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int, action_choice: str):
     """The model planner behind the evaluation interface."""
     from autovla.eval.planner_adapter import planner_plan_fn
 
-    if action_choice not in ("argmax", "expected"):
-        raise fail(f"--action-choice must be argmax or expected, got {action_choice!r}")
+    check_action_choice(action_choice)
     return planner_plan_fn(
         model, mode=mode, num_samples=num_samples, seed=seed, action_choice=action_choice
     )

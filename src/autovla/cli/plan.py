@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import console, fail, table
+from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
 
 
 def plan(
@@ -18,9 +18,7 @@ def plan(
     mode: str = typer.Option("auto", help="auto (the model decides), fast or slow."),
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
-    action_choice: str = typer.Option(
-        "argmax", help="Greedy action tokens: argmax or expected (nearest the mean motion)."
-    ),
+    action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(None, help="Write plan.png and plan.json here."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
@@ -38,8 +36,7 @@ def plan(
     quiet_transformers()
     if mode not in ("auto", "fast", "slow"):
         raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
-    if action_choice not in ("argmax", "expected"):
-        raise fail(f"--action-choice must be argmax or expected, got {action_choice!r}")
+    check_action_choice(action_choice)
     if index is not None and sample_id is not None:
         raise fail("give --index or --id, not both")
     try:
