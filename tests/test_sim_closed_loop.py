@@ -49,3 +49,25 @@ def test_standing_still_and_crashing_are_scored(tmp_path: Path):
     crash = run_episode(ram, "stopped_queue", 0, tmp_path / "b", (56, 28), 8.0)
     assert crash.infractions["collision_vehicle"] >= 1
     assert crash.driving_score <= 0.6 * crash.route_completion + 1e-9
+
+
+def test_plan_scores_replay_the_logged_state():
+    """From a logged instant, the expert's own 5 s future scores ~1, standing still and
+    ramming the stopped queue are punished, and forks never disturb each other."""
+    from autovla.geometry import to_local
+    from autovla.sim.closed_loop import plan_scores
+    from autovla.sim.rollout import simulate
+    from autovla.sim.scenarios import make_scenario
+
+    name, seed, t = "stopped_queue", 0, 2.0
+    log = simulate(make_scenario(name, seed), t + 5.0)
+    k = round(t * 10)
+    expert = to_local(log.ego[k + 5 : k + 51 : 5, :3], log.ego[k, :3])
+    still = np.zeros((10, 3))
+    ram = np.stack([7.0 * np.arange(1, 11), np.zeros(10), np.zeros(10)], -1)
+    scores = plan_scores(name, seed, t, np.stack([expert, still, ram, expert]))
+    assert scores[0] >= 0.97 and scores[3] == scores[0]
+    assert scores[1] < 0.3
+    assert scores[2] <= 0.6 + 1e-9  # at least one vehicle collision
+    with pytest.raises(ValueError, match=r"\(N, 10, 3\)"):
+        plan_scores(name, seed, t, expert)

@@ -198,6 +198,29 @@ def test_reward_by_dotted_path():
         get_driving_score("nope")
 
 
+def test_closed_loop_reward_replays_embedded_world_samples():
+    from autovla.geometry import to_local
+    from autovla.sim.rollout import simulate
+    from autovla.sim.scenarios import make_scenario
+
+    log = simulate(make_scenario("stopped_queue", 0), 7.0)
+    expert = to_local(log.ego[25:71:5, :3], log.ego[20, :3])
+    s = mf.sample(0, None).model_copy(
+        update={"scenario_type": "stopped_queue", "meta": {"seed": 0, "t": 2.0}}
+    )
+    comps = [Completion(expert, "", "fast"), Completion(np.zeros((10, 3)), "", "fast")]
+    r = get_driving_score("closed_loop")([s, s], [Path("."), Path(".")], comps)
+    assert r[0] >= 0.97 and r[1] < 0.3
+
+
+def test_sharded_launch_is_refused_before_loading(sft_dir, tmp_path, monkeypatch):
+    import autovla.train.rft as rft
+
+    monkeypatch.setattr(rft, "is_sharded", lambda acc: True)  # as under an FSDP config
+    with pytest.raises(ValueError, match="runs on DDP"):
+        rft._Run(make_cfg(sft_dir, tmp_path / "out"))
+
+
 def test_missing_reward_data_is_a_clear_error():
     from autovla.train.rft import RFTDataError, check_rewardable
 
@@ -206,6 +229,9 @@ def test_missing_reward_data_is_a_clear_error():
         check_rewardable([s], "pdms")
     with pytest.raises(RFTDataError, match="future"):
         check_rewardable([s.without_answer()], "ade")
+    with pytest.raises(RFTDataError, match=r"meta\.seed"):
+        check_rewardable([s.model_copy(update={"scenario_type": "cut_in", "meta": {}})],
+                         "closed_loop")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -214,24 +240,36 @@ def test_missing_reward_data_is_a_clear_error():
     and not (Path(sys.executable).parent / "accelerate").exists(),
     reason="accelerate CLI not installed",
 )
-def test_two_processes_stay_in_sync(sft_dir, tmp_path):
-    """DDP on CPU (gloo): both ranks train their own groups and end with identical weights."""
+@pytest.mark.parametrize("span", [False, True], ids=["own-groups", "spanning-groups"])
+def test_two_processes_stay_in_sync(sft_dir, tmp_path, span):
+    """DDP on CPU (gloo): both ranks end with identical weights. Own groups: each rank trains
+    its own prompts. Spanning groups: both ranks sample halves of the same groups and
+    normalise over the gathered whole."""
     script = tmp_path / "run2.py"
     cfg = make_cfg(sft_dir, tmp_path / "out", max_steps=1)
+    if span:
+        cfg.grpo.group_size, cfg.grpo.groups_span_processes = 4, True
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
     script.write_text(
         textwrap.dedent(f"""
         import json
+        import numpy as np
         from autovla.train.rft import _Run
         from autovla.train.rft_config import RFTConfig
         cfg = RFTConfig.model_validate_json(open({str(tmp_path / "cfg.json")!r}).read())
         run = _Run(cfg)
+        rank = run.acc.process_index
         s = run.step(next(run.batches()), 0)
         lora = [p for n, p in run.raw.named_parameters() if "lora_" in n]
         total = sum(float(p.double().sum()) for p in lora)
         ids = [it.sample.id for it in next(run.batches())]
-        out = {{"sum": total, "n": s["n"], "world": run.acc.num_processes, "ids": ids}}
-        path = {str(tmp_path)!r} + "/rank" + str(run.acc.process_index) + ".json"
+        # made-up rewards: prompt j, completion k of rank r -> 10 j + 2 k + r
+        G = run.local_group
+        totals = np.array([10.0 * j + 2 * k + rank for j in range(2) for k in range(G)])
+        adv, std = run.advantages(totals)
+        out = {{"sum": total, "n": s["n"], "world": run.acc.num_processes, "ids": ids,
+               "adv": adv.cpu().tolist(), "std": std}}
+        path = {str(tmp_path)!r} + "/rank" + str(rank) + ".json"
         open(path, "w").write(json.dumps(out))
         """)
     )
@@ -244,9 +282,21 @@ def test_two_processes_stay_in_sync(sft_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
-    assert r0["world"] == r1["world"] == 2 and r0["n"] == r1["n"] == 6
-    assert r0["ids"] != r1["ids"], "both ranks trained on the same prompts"
+    assert r0["world"] == r1["world"] == 2
     assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-9, abs=1e-12)
+    if not span:
+        assert r0["n"] == r1["n"] == 6
+        assert r0["ids"] != r1["ids"], "both ranks trained on the same prompts"
+        return
+    assert r0["n"] == r1["n"] == 4  # 2 prompts x 2 of the 4 completions
+    assert r0["ids"] == r1["ids"], "spanning groups need the same prompts on every rank"
+    # group of prompt 0: rank 0 holds 0, 2; rank 1 holds 1, 3 -> mean 1.5, std of 0..3
+    sd = float(np.std([0, 1, 2, 3], ddof=1))
+    expect0 = [(x - 1.5) / (sd + 1e-4) for x in (0, 2)]
+    expect1 = [(x - 1.5) / (sd + 1e-4) for x in (1, 3)]
+    assert r0["adv"][:2] == pytest.approx(expect0, rel=1e-4)
+    assert r1["adv"][:2] == pytest.approx(expect1, rel=1e-4)
+    assert r0["std"] == pytest.approx(2 * sd)  # two groups of the same spread
 
 
 def test_stats_by_complexity_add_up_over_steps():

@@ -60,21 +60,28 @@ class ClosedLoopEpisode:
         self,
         scenario_type: str,
         seed: int,
-        work_dir: Path,
+        work_dir: Path | None,
         image_size: tuple[int, int] = (224, 112),
         cameras: tuple[str, ...] = STANDARD_CAMERAS,
         duration: float = EPISODE_SECONDS,
+        start: float = FIRST_T,
+        render: bool = True,
     ):
-        self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.cams = make_cameras(tuple(cameras), tuple(image_size))
+        if render and work_dir is None:
+            raise ValueError("a rendering episode needs a work_dir for its camera frames")
+        self.render = render
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.cams = make_cameras(tuple(cameras), tuple(image_size)) if render else []
+        k0 = round(start / DT)
         # the expert's own rollout sets the route length to complete
         ref = make_scenario(scenario_type, seed)
-        ref_log = simulate(ref, FIRST_T + duration)
-        self.target = float(ref_log.ego_s[-1] - ref_log.ego_s[round(FIRST_T / DT)])
+        ref_log = simulate(ref, k0 * DT + duration)
+        self.target = float(ref_log.ego_s[-1] - ref_log.ego_s[k0])
         self.scn: Scenario = make_scenario(scenario_type, seed)
-        self.static = SceneStatic(self.scn)
-        self.t_end = FIRST_T + duration + GRACE_SECONDS
+        self.static = SceneStatic(self.scn) if render else None
+        self.t_end = k0 * DT + duration + GRACE_SECONDS
         self.rows: list[tuple] = []
         self.frames: list[int] = []
         self.steer = 0.0
@@ -83,7 +90,7 @@ class ClosedLoopEpisode:
         self.dist_total = 0.0
         self.dist_off = 0.0
         self.steps = 0
-        for _ in range(round(FIRST_T / DT)):
+        for _ in range(k0):
             self._record()
             expert_tick(self.scn)
         self._record()
@@ -96,7 +103,7 @@ class ClosedLoopEpisode:
         self.scn.expert.s, self.scn.expert.d = float(s), float(d)
         self.rows.append(record(self.scn))
         k = len(self.rows) - 1
-        if k % 5 == 0:
+        if self.render and k % 5 == 0:
             f = k // 5
             for name, img in render_frame(
                 self.scn, self.static, instant(self._log(k, k + 1), 0), self.cams
@@ -125,6 +132,8 @@ class ClosedLoopEpisode:
 
     def observe(self) -> tuple[DrivingSample, Path]:
         """The planner's input now: a sample without future, images relative to the root."""
+        if not self.render:
+            raise RuntimeError("observe() needs an episode built with render=True")
         k = len(self.rows) - 1
         log = self._log(0, k + 1)
         log.ego = np.concatenate([log.ego, log.ego[-1:]], 0)  # ego_motion looks one step ahead
@@ -145,13 +154,28 @@ class ClosedLoopEpisode:
         )
         return sample, self.work_dir
 
-    def expert_plan(self) -> np.ndarray:
-        """The expert's 10-pose plan from the current state (ego frame), others reacting."""
+    def _copy_scenario(self) -> Scenario:
+        """A deep copy of the scenario that shares the immutable map and paths."""
         w = self.scn.world
         memo = {id(a.path): a.path for a in w.agents}
         memo[id(self.scn.expert.route)] = self.scn.expert.route
         memo[id(w.map)] = w.map
-        scn = copy.deepcopy(self.scn, memo)
+        return copy.deepcopy(self.scn, memo)
+
+    def fork(self) -> ClosedLoopEpisode:
+        """An independent copy from the current state (to try several plans from one state);
+        rendering is off in the copy."""
+        new = copy.copy(self)
+        new.scn = self._copy_scenario()
+        new.render = False
+        new.rows, new.frames = list(self.rows), list(self.frames)
+        new.infractions, new.hit_ids = dict(self.infractions), set(self.hit_ids)
+        return new
+
+    def expert_plan(self) -> np.ndarray:
+        """The expert's 10-pose plan from the current state (ego frame), others reacting."""
+        w = self.scn.world
+        scn = self._copy_scenario()
         scn.expert.sync(w.ego)
         pose0 = w.ego.pose()
         out = []
@@ -163,19 +187,23 @@ class ClosedLoopEpisode:
                 out.append(scn.world.ego.pose())
         return to_local(np.array(out), pose0)
 
-    def step(self, plan: np.ndarray) -> None:
-        """Advance 0.5 s with the ego tracking `plan` (10, 3) given in the current ego frame."""
+    def step(self, plan: np.ndarray, seconds: float = 0.5) -> None:
+        """Advance `seconds` (0.5 s between replans; up to the plan's 5 s) with the ego
+        tracking `plan` (10, 3) given in the current ego frame."""
         plan = np.asarray(plan, dtype=np.float64)
         if plan.shape != (10, 3) or not np.isfinite(plan).all():
             raise ValueError(f"plan must be a finite array of shape (10, 3), got {plan.shape}")
+        n = round(seconds / DT)
+        if not 1 <= n <= 50:
+            raise ValueError(f"seconds must be within the plan's 0.1-5 s, got {seconds}")
         if self.done:
             raise RuntimeError("episode is done")
         w = self.scn.world
         ego = w.ego
-        st = track(plan[None], ego.v, ego.a, steps=5, steer0=self.steer)[0]
+        st = track(plan[None], ego.v, ego.a, steps=n, steer0=self.steer)[0]
         pose0 = ego.pose()
         glob = to_global(st[:, :3], pose0)
-        for i in range(1, 6):
+        for i in range(1, n + 1):
             snap = w.snapshot()
             accels = w.agent_accels(snap)
             prev = w.ego
@@ -261,6 +289,25 @@ class ClosedLoopEpisode:
             steps=self.steps,
             meta={"target_progress_m": round(self.target, 2)},
         )
+
+
+def plan_scores(
+    scenario_type: str, seed: int, t: float, plans: np.ndarray, horizon: float = 5.0
+) -> np.ndarray:
+    """Closed-loop driving score of each plan (N, 10, 3) followed for `horizon` seconds from
+    the world state at time `t` of scenario (type, seed), the other agents reacting: route
+    completion against the expert's progress in the same time times the infraction penalty
+    (the episode metrics above, without replanning and without rendering)."""
+    plans = np.asarray(plans, dtype=np.float64)
+    if plans.ndim != 3 or plans.shape[1:] != (10, 3):
+        raise ValueError(f"plans must have shape (N, 10, 3), got {plans.shape}")
+    base = ClosedLoopEpisode(scenario_type, seed, None, duration=horizon, start=t, render=False)
+    out = np.empty(len(plans))
+    for i, plan in enumerate(plans):
+        ep = base.fork()
+        ep.step(plan, horizon)
+        out[i] = ep.result().driving_score
+    return out
 
 
 def run_episode(

@@ -6,9 +6,10 @@ completions, and returns one float per completion. The total reward is
     r = scale * driving_score - cot_penalty
 
 with driving_score in [0, 1] (PDMS from the embedded world's scorer by default, ADE-based for
-Waymo-style data) and the reasoning-length penalty w * sigmoid(k * (len(text) - c)) applied
-only to completions that took the slow path (METHOD section 4: s = 10, w = 0.3, k = 0.002,
-c = 400 characters).
+Waymo-style data, or the closed-loop driving score of the plan followed in the embedded world
+with the other agents reacting) and the reasoning-length penalty
+w * sigmoid(k * (len(text) - c)) applied only to completions that took the slow path
+(METHOD section 4: s = 10, w = 0.3, k = 0.002, c = 400 characters).
 """
 
 from __future__ import annotations
@@ -63,6 +64,40 @@ def ade_reward(samples, roots, completions, scale: float = 2.0) -> np.ndarray:
     return out
 
 
+def closed_loop_reward(samples, roots, completions, horizon: float = 5.0) -> np.ndarray:
+    """Closed-loop driving score of each plan, followed for 5 s from the sample's world state
+    with the other agents reacting (embedded-world samples only: scenario type, seed, time)."""
+    from autovla.sim.closed_loop import plan_scores
+
+    out = np.zeros(len(completions))
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(id(s), []).append(i)
+    for idx in groups.values():
+        s = samples[idx[0]]
+        scenario = closed_loop_scenario(s)
+        plans = np.stack([completions[i].trajectory for i in idx])
+        out[idx] = plan_scores(*scenario, plans, horizon)
+    return out
+
+
+def closed_loop_scenario(sample: DrivingSample) -> tuple[str, int, float]:
+    """(scenario type, seed, time) of an embedded-world sample, or a ValueError naming the
+    missing field."""
+    meta = sample.meta or {}
+    if sample.scenario_type is None:
+        raise ValueError(
+            f"sample {sample.id!r}, field 'scenario_type': the closed_loop reward needs it"
+        )
+    for key in ("seed", "t"):
+        if key not in meta:
+            raise ValueError(
+                f"sample {sample.id!r}, field 'meta.{key}': the closed_loop reward replays "
+                "embedded-world scenarios only"
+            )
+    return sample.scenario_type, int(meta["seed"]), float(meta["t"])
+
+
 def cot_penalty(
     completions: Sequence[Completion], weight: float = 0.3, k: float = 0.002, c: float = 400.0
 ) -> np.ndarray:
@@ -72,7 +107,11 @@ def cot_penalty(
     return np.where(slow, weight / (1.0 + np.exp(-k * (lengths - c))), 0.0)
 
 
-DRIVING_SCORES: dict[str, RewardFn] = {"pdms": pdms_reward, "ade": ade_reward}
+DRIVING_SCORES: dict[str, RewardFn] = {
+    "pdms": pdms_reward,
+    "ade": ade_reward,
+    "closed_loop": closed_loop_reward,
+}
 
 
 def get_driving_score(name: str) -> RewardFn:

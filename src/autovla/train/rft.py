@@ -7,18 +7,21 @@ One step, on every process:
       -> reference log-probs (frozen SFT model) -> for each of `num_epochs` updates:
          policy log-probs of the sampled tokens, GRPO loss, backward, clip, optimiser step
 
-Groups never span processes: each process samples all G completions of its own prompts, so
-the group mean and std need no communication (DDP averages the gradients as usual; metrics
-are summed over processes before logging). Only tokens the model chose count in the loss
-(`sampled_mask`); text the planner forced (the rest of a mode line, the answer markup) does
-not. Each chosen token is scored under the same constraints the planner sampled it with
-(`rft_policy`), at temperature 1 (the paper's loss), whatever the sampling temperature.
+By default each process samples all G completions of its own prompts, so the group mean and
+std need no communication. With `grpo.groups_span_processes` all processes read the same
+prompts and each samples G / num_processes completions of every group; the rewards are
+gathered so every process normalises over the whole group and keeps its own slice. Either
+way DDP averages the gradients as usual, and metrics are summed over processes before logging.
+Only tokens the model chose count in the loss (`sampled_mask`); text the planner forced (the
+rest of a mode line, the answer markup) does not. Each chosen token is scored under the same
+constraints the planner sampled it with (`rft_policy`), at temperature 1 (the paper's loss),
+whatever the sampling temperature.
 The reference is the SFT model: with LoRA, the same network with its adapters disabled;
 without LoRA, a frozen copy. Checkpoints are the SFT layout: a self-contained model directory
 (LoRA merged into the weights, so `autovla eval` loads it as is) plus `trainer/` holding the
 optimiser, RNG and the LoRA adapter itself (which resuming loads onto the SFT base again).
-Distributed: DDP (the policy forward goes through the wrapped module); FSDP / DeepSpeed are
-not supported because generation needs the full weights on every process.
+Distributed: DDP (the policy forward goes through the wrapped module); an FSDP / DeepSpeed
+launch is refused, because generation needs the full weights on every process.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from autovla.config import dump_config
 from autovla.train import checkpointing as ckpt
 from autovla.train import model_setup as ms
 from autovla.train.data import MixedStream, Source
-from autovla.train.distributed import out_of_time
+from autovla.train.distributed import is_sharded, out_of_time
 from autovla.train.grpo import group_advantages, grpo_loss
-from autovla.train.rewards import Completion, total_reward
+from autovla.train.rewards import Completion, closed_loop_scenario, total_reward
 from autovla.train.rft_config import RFTConfig
 from autovla.train.rft_metrics import step_stats, summarise
 from autovla.train.rft_policy import PolicyLogprobs, padded, phase_table, sampled_phases
@@ -68,6 +71,11 @@ def check_rewardable(samples: list[Any], driving_score: str) -> None:
             raise RFTDataError(f"sample {s.id!r}, field 'future': the ade reward needs it")
         if driving_score == "pdms" and s.scoring is None:
             raise RFTDataError(f"sample {s.id!r}, field 'scoring': the pdms reward needs it")
+        if driving_score == "closed_loop":
+            try:
+                closed_loop_scenario(s)
+            except ValueError as e:
+                raise RFTDataError(str(e)) from None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -88,6 +96,12 @@ class _Run:
         cpu = t.device == "cpu" or not torch.cuda.is_available()
         precision = {"auto": "no" if cpu else "bf16", "fp32": "no", "bf16": "bf16"}[t.precision]
         self.acc = Accelerator(cpu=cpu, mixed_precision=precision)
+        if is_sharded(self.acc):
+            raise ValueError(
+                "train rft runs on DDP: FSDP / DeepSpeed shard the weights that sampling needs "
+                "whole on every process; launch without an FSDP or DeepSpeed config (with LoRA "
+                "the 3B model and its reference fit one GPU)"
+            )
         self.out = cfg.output_dir
         self.ckroot = self.out / "checkpoints"
         self.resume_from = ckpt.latest_checkpoint(self.ckroot) if cfg.output.resume else None
@@ -106,6 +120,14 @@ class _Run:
         from autovla.model.planner import Planner
 
         self.planner = Planner(self.vla, max_reasoning_tokens=cfg.grpo.max_reasoning_tokens)
+        self.span = cfg.grpo.groups_span_processes and self.acc.num_processes > 1
+        world = self.acc.num_processes if self.span else 1
+        if cfg.grpo.group_size % world:
+            raise ValueError(
+                f"grpo.group_size {cfg.grpo.group_size} does not split over {world} processes "
+                "(grpo.groups_span_processes)"
+            )
+        self.local_group = cfg.grpo.group_size // world  # completions this process samples
         self.pad_id = self.vla.tokenizer.pad_token_id or 0
         self.table = phase_table(self.planner).to(self.acc.device)
 
@@ -156,12 +178,14 @@ class _Run:
 
     def batches(self) -> Iterator[list[Any]]:
         cfg = self.cfg
-        b, world = cfg.train.prompts_per_step, self.acc.num_processes
+        b = cfg.train.prompts_per_step
+        # spanning groups: every process reads the same prompts
+        rank, world = (0, 1) if self.span else (self.acc.process_index, self.acc.num_processes)
         stream = MixedStream(
             [Source(e.path, e.weight, e.split) for e in cfg.data.datasets],
             seed=cfg.train.seed,
             batch_size=b,
-            rank=self.acc.process_index,
+            rank=rank,
             world_size=world,
             shuffle_buffer=cfg.data.shuffle_buffer,
             skip=self.start_step * b * world,
@@ -182,7 +206,7 @@ class _Run:
                 [it.sample for it in items],
                 [it.root for it in items],
                 mode="auto",
-                num_samples=g.group_size,
+                num_samples=self.local_group,
                 temperature=g.temperature,
                 top_p=g.top_p,
                 seed=step_seed(self.cfg.train.seed, step, self.acc.process_index),
@@ -194,7 +218,7 @@ class _Run:
         from autovla.model.inputs import encode_batch
 
         cfg, g, acc = self.cfg, self.cfg.grpo, self.acc
-        G = g.group_size
+        G = self.local_group  # completions per prompt on this process
         samples = [it.sample for it in items]
         check_rewardable(samples, cfg.reward.driving_score)
         t0 = time.perf_counter()
@@ -205,7 +229,7 @@ class _Run:
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
         terms = total_reward(rep, rep_roots, comps, **cfg.reward.model_dump())
-        adv = group_advantages(terms["total"], G, g.scale_advantages).to(acc.device)
+        adv, group_std = self.advantages(terms["total"])
 
         per = cfg.train.forward_prompts or len(items)
         chunks = [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]
@@ -268,7 +292,25 @@ class _Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats.update(grad_norm=grad_norm, lr=lr, gen_s=t_gen, step_s=time.perf_counter() - t0)
+        stats["reward_group_std"] = group_std
         return step_stats(samples, plans, terms, G, stats)
+
+    def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float]:
+        """Advantages of this process's completions (sample-major) and the summed std of the
+        rewards in each group; spanning groups are gathered from every process first."""
+        g, acc, G = self.cfg.grpo, self.acc, self.local_group
+        r = torch.as_tensor(np.asarray(totals, dtype=np.float32)).view(-1, G)
+        if self.span:
+            world, rank = acc.num_processes, acc.process_index
+            full = acc.gather(r.to(acc.device)).cpu().view(world, -1, G)
+            r = full.permute(1, 0, 2).reshape(-1, world * G)  # (B, G): every process's slice
+            adv = group_advantages(r.flatten(), world * G, g.scale_advantages)
+            adv = adv.view(-1, world, G)[:, rank].flatten()
+        else:
+            adv = group_advantages(r.flatten(), G, g.scale_advantages)
+        # every spanning process reports the same groups: `summarise` divides by all of them
+        std = float(r.std(1, unbiased=True).sum())
+        return adv.to(acc.device), std
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, step: int) -> Path | None:
@@ -315,9 +357,10 @@ def train_rft(cfg: RFTConfig) -> RFTResult:
     if acc.is_main_process:
         (run.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     b, G = cfg.train.prompts_per_step, cfg.grpo.group_size
+    per = "step, groups spread over the processes" if run.span else "process and step"
     tracker.message(
         f"rft: {run.trainable:,} / {run.total:,} parameters trained, {acc.num_processes} "
-        f"process(es) on {acc.device}, {b} prompts x {G} completions per process and step, "
+        f"process(es) on {acc.device}, {b} prompts x {G} completions per {per}, "
         f"steps {run.start_step}->{cfg.train.max_steps}"
         + (f", resumed from {run.resume_from}" if run.resume_from else "")
     )

@@ -33,6 +33,12 @@ class GRPOConfig(StrictModel):
         default=True,
         description="divide advantages by the group's reward std (paper); false: centre only",
     )
+    groups_span_processes: bool = Field(
+        default=False,
+        description="every process samples group_size / num_processes completions of the same "
+        "prompts and the group statistics are gathered (more completions per prompt than one "
+        "process holds); false: each process samples whole groups of its own prompts",
+    )
     num_epochs: int = Field(default=1, ge=1, description="policy updates per sampled batch")
     max_reasoning_tokens: int | None = Field(
         default=None, ge=1, description="cap on sampled reasoning; null = the prompt format's"
@@ -49,7 +55,8 @@ class GRPOConfig(StrictModel):
 
 class RewardConfig(StrictModel):
     driving_score: str = Field(
-        default="pdms", description="registered name (pdms | ade) or a dotted path module:fn"
+        default="pdms",
+        description="registered name (pdms | ade | closed_loop) or a dotted path module:fn",
     )
     scale: float = Field(default=10.0, gt=0, description="s in r = s * score - penalty")
     penalty_weight: float = Field(default=0.3, ge=0, description="w of the reasoning penalty")
