@@ -292,14 +292,13 @@ class _Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats.update(grad_norm=grad_norm, lr=lr, gen_s=t_gen, step_s=time.perf_counter() - t0)
-        stats["reward_group_std"] = group_std
-        return step_stats(samples, plans, terms, G, stats)
+        return step_stats(samples, plans, terms, G, stats, group_std=group_std)
 
     def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float]:
         """Advantages of this process's completions (sample-major) and the summed std of the
         rewards in each group; spanning groups are gathered from every process first."""
         g, acc, G = self.cfg.grpo, self.acc, self.local_group
-        r = torch.as_tensor(np.asarray(totals, dtype=np.float32)).view(-1, G)
+        r = torch.as_tensor(np.asarray(totals, dtype=np.float64)).view(-1, G)
         if self.span:
             world, rank = acc.num_processes, acc.process_index
             full = acc.gather(r.to(acc.device)).cpu().view(world, -1, G)
@@ -310,7 +309,7 @@ class _Run:
             adv = group_advantages(r.flatten(), G, g.scale_advantages)
         # every spanning process reports the same groups: `summarise` divides by all of them
         std = float(r.std(1, unbiased=True).sum())
-        return adv.to(acc.device), std
+        return adv.to(acc.device, torch.float32), std
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, step: int) -> Path | None:

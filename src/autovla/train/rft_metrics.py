@@ -19,19 +19,23 @@ def step_stats(
     terms: dict[str, np.ndarray],
     group_size: int,
     extra: dict[str, float],
+    group_std: float | None = None,
 ) -> dict[str, float]:
     """Sums over one step's completions (sample-major: `group_size` plans per sample).
 
     `extra` holds the loss-side sums (loss, kl, clip_fraction, entropy, tokens) and the
-    step's grad_norm, lr and timings. Samples whose `complex` flag is unset count as
-    straightforward.
+    step's grad_norm, lr and timings. `group_std` is the summed reward std of the step's
+    groups when they are not all here (groups spanning processes); by default it is computed
+    from `terms`. Samples whose `complex` flag is unset count as straightforward.
     """
+    if group_std is None:
+        group_std = float(terms["total"].reshape(-1, group_size).std(1, ddof=1).sum())
     s = {
         "n": float(len(plans)),
         "reward_total": float(terms["total"].sum()),
         "reward_driving_score": float(terms["driving_score"].sum()),
         "reward_cot_penalty": float(terms["cot_penalty"].sum()),
-        "reward_group_std": float(terms["total"].reshape(-1, group_size).std(1, ddof=1).sum()),
+        "reward_group_std": group_std,
         "groups": float(len(samples)),
         "steps": 1.0,
         "slow": 0.0,
