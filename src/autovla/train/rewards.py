@@ -35,6 +35,14 @@ class Completion:
 RewardFn = Callable[[Sequence[DrivingSample], Sequence[Path], Sequence[Completion]], np.ndarray]
 
 
+def _indices_by_sample(samples: Sequence[DrivingSample]) -> list[list[int]]:
+    """Positions of each distinct sample object (a group's completions share one)."""
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(id(s), []).append(i)
+    return list(groups.values())
+
+
 def pdms_reward(samples, roots, completions) -> np.ndarray:
     """PDMS of each completion's plan through the embedded world's scorer (needs `scoring`).
 
@@ -43,10 +51,7 @@ def pdms_reward(samples, roots, completions) -> np.ndarray:
     from autovla.sim.scoring import load_scoring, score_plans
 
     out = np.zeros(len(completions))
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(id(s), []).append(i)
-    for idx in groups.values():
+    for idx in _indices_by_sample(samples):
         s, root = samples[idx[0]], roots[idx[0]]
         if s.scoring is None:
             raise ValueError(f"sample {s.id!r} has no scoring data: the pdms reward needs it")
@@ -70,10 +75,7 @@ def closed_loop_reward(samples, roots, completions, horizon: float = 5.0) -> np.
     from autovla.sim.closed_loop import plan_scores
 
     out = np.zeros(len(completions))
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(id(s), []).append(i)
-    for idx in groups.values():
+    for idx in _indices_by_sample(samples):
         s = samples[idx[0]]
         scenario = closed_loop_scenario(s)
         plans = np.stack([completions[i].trajectory for i in idx])
