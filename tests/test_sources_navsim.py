@@ -76,7 +76,7 @@ def make_frames(root: Path, n: int = 16) -> list[dict]:
 def write_log(root: Path, frames: list[dict], name: str = LOG) -> Path:
     p = root / "navsim_logs" / "trainval" / f"{name}.pkl"
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(pickle.dumps(frames))
+    p.write_bytes(pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL))  # as OpenScene
     return p
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autovla.paths import name_problem
+
 Instruction = Literal["turn left", "go straight", "turn right", "unknown"]
 INSTRUCTIONS: tuple[str, ...] = ("turn left", "go straight", "turn right", "unknown")
 
@@ -143,6 +145,14 @@ class DrivingSample(_Strict):
     )
     preference: Preference | None = None
     meta: dict[str, Any] = Field(default_factory=dict, description="source-specific extras")
+
+    @field_validator("id")
+    @classmethod
+    def _plain_id(cls, v: str) -> str:
+        problem = name_problem(v)
+        if problem is not None:  # ids become file names (plots, caches, reports)
+            raise ValueError(f"id {problem}; an id must be usable as a file name")
+        return v
 
     @field_validator("cameras")
     @classmethod

@@ -1,22 +1,20 @@
 """Import the reference code's pickled codebook without trusting it.
 
-Pickle runs whatever callables a file names, so the unpickler here resolves only the few
-numpy globals an array needs (array reconstruction and dtypes) and refuses everything else
-before it can be called. Object dtypes are refused too (they would unpickle arbitrary
-objects inside the array).
+Pickle runs whatever callables a file names, so the file is read with `autovla.safe_pickle`,
+which rebuilds numpy arrays and plain containers and refuses everything else before it can
+be called.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from autovla import safe_pickle
 from autovla.tokenizer.codebook import Codebook, CodebookError
 from autovla.tokenizer.contours import DEFAULT_LENGTH, DEFAULT_WIDTH
 
@@ -27,85 +25,14 @@ class UnsafePickleError(CodebookError):
     """The pickle names something other than numpy arrays, dtypes and plain containers."""
 
 
-def _reconstruct(subtype, shape, dtype):
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"refusing array subtype {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, shape, _dtype(dtype))
-
-
-def _dtype(spec, align=False, copy=False):
-    dt = np.dtype(spec, align=align, copy=copy) if not isinstance(spec, np.dtype) else spec
-    if dt.hasobject:
-        raise UnsafePickleError(f"refusing object dtype {dt!r}")
-    return dt
-
-
-def _scalar(dtype, data=None):
-    dt = _dtype(dtype)
-    if not isinstance(data, bytes):
-        raise UnsafePickleError("refusing a numpy scalar without raw bytes")
-    return np.frombuffer(data, dtype=dt, count=1)[0]
-
-
-def _codecs_encode(text, encoding="utf-8"):
-    # protocol-2 pickles store bytes as _codecs.encode(str, "latin1"): harmless, text only
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8"):
-        raise UnsafePickleError(f"refusing _codecs.encode with {encoding!r}")
-    return text.encode(encoding)
-
-
-_ALLOWED = {
-    ("_codecs", "encode"): _codecs_encode,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _dtype,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load {module}.{name}: only numpy arrays, dtypes and plain "
-                "containers are allowed"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refusing persistent ids")
-
-
 def safe_unpickle(data: bytes) -> Any:
     """Unpickle bytes allowing only numpy arrays/dtypes/scalars and builtin containers."""
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # malformed streams raise many types; report them uniformly
-        raise CodebookError(f"not a valid pickle of arrays: {type(e).__name__}: {e}") from e
-    _check_plain(obj)
-    return obj
-
-
-def _check_plain(obj: Any, depth: int = 0) -> None:
-    if depth > 20:
-        raise UnsafePickleError("containers nested too deeply")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, np.ndarray):
-        if type(obj) is not np.ndarray or obj.dtype.hasobject:
-            raise UnsafePickleError(f"refusing array of type {type(obj)} / dtype {obj.dtype}")
-    elif not isinstance(obj, (str, bytes, int, float, bool, complex, type(None), np.generic)):
-        raise UnsafePickleError(f"refusing object of type {type(obj).__name__}")
+        return safe_pickle.load(data)
+    except safe_pickle.UnsafePickleError as e:
+        # a malformed stream is a bad codebook file; a refused global is an unsafe one
+        cls = CodebookError if str(e).startswith("not a valid pickle") else UnsafePickleError
+        raise cls(str(e)) from None
 
 
 def load_reference_contours(path: str | os.PathLike, agent: str = "veh") -> np.ndarray:

@@ -7,7 +7,7 @@ History = the 4 poses of frames 0..3 in the current ego frame (the last is (0, 0
 future = frames 4..13 (0.5 s ... 5 s).
 
 Pickles can run code when loaded. Logs are read only from the root the user names, with a
-restricted unpickler that accepts plain containers and numpy arrays; `trust_pickles=True`
+restricted unpickler (`autovla.safe_pickle`, every pickle protocol); `trust_pickles=True`
 lifts the restriction for logs from a trusted source that need other classes.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autovla import safe_pickle
 from autovla.data.meta_actions import meta_action
 from autovla.data.schema import DrivingSample, EgoState, SceneFacts, SceneObject, round_poses
 from autovla.data.sources.runner import (
@@ -43,34 +44,11 @@ CLASSES = {
     "generic_object": "generic_object",
 }
 
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name} (only numpy arrays and plain containers are "
-            "allowed; pass --trust-pickles for logs from a trusted source)"
-        )
-
 
 def load_log(path: Path, trust_pickles: bool = False) -> list[dict]:
     try:
         with open(path, "rb") as f:
-            frames = pickle.load(f) if trust_pickles else _SafeUnpickler(f).load()
+            frames = pickle.load(f) if trust_pickles else safe_pickle.load(f)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise ConvertError(path, None, "", f"unreadable log pickle: {e}") from None
     if not isinstance(frames, list) or not all(isinstance(x, dict) for x in frames):
