@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 suits tiny models)")
     args = ap.parse_args()
 
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
     from autovla.train.rft_config import RFTConfig
 
     rows = []
@@ -40,18 +40,18 @@ def main() -> None:
                 {
                     "model": {"path": args.model},
                     "data": {"datasets": [{"path": args.data, "split": args.split}]},
-                    "grpo": {"group_size": g, "max_reasoning_tokens": args.max_reasoning_tokens},
-                    "reward": {"driving_score": args.reward},
-                    "train": {
+                    "grpo": {
                         "prompts_per_step": b,
-                        "max_steps": args.steps + 1,
-                        "torch_threads": args.threads,
+                        "group_size": g,
+                        "max_reasoning_tokens": args.max_reasoning_tokens,
                     },
+                    "reward": {"driving_score": args.reward},
+                    "train": {"max_steps": args.steps + 1, "torch_threads": args.threads},
                     "output": {"dir": out, "tensorboard": False, "progress": False},
                 }
             )
-            run = _Run(cfg)
-            batches = run.batches()
+            run = RFT(cfg)
+            batches = run.batches(0)
             run.step(next(batches), 0)  # warm-up
             stats = []
             for s in range(1, args.steps + 1):

@@ -109,7 +109,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "model": {"preset": "tiny", "codebook": str(codebook), "seed": cfg.seed},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
                 "val": {"datasets": [{"path": str(data), "split": "val"}]},
-                "train": {"max_steps": cfg.sft_steps, "batch_size": cfg.sft_batch},
+                "sft": {"batch_size": cfg.sft_batch},
+                "train": {"max_steps": cfg.sft_steps},
                 "output": {"dir": str(sft_dir)},
             },
         )
@@ -121,8 +122,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "inherit": str(recipe_path("tiny-rft.yaml")),
                 "model": {"path": str(sft_model)},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
-                "train": {"max_steps": cfg.rft_steps, "prompts_per_step": cfg.rft_prompts},
-                "grpo": {"group_size": cfg.rft_group},
+                "train": {"max_steps": cfg.rft_steps},
+                "grpo": {"group_size": cfg.rft_group, "prompts_per_step": cfg.rft_prompts},
                 "output": {"dir": str(rft_dir)},
             },
         )
