@@ -340,3 +340,40 @@ def test_cli_reports_missing_dataset(sft_dir, tmp_path):
     y.write_text(f"model: {{path: {sft_dir}}}\ndata: {{datasets: [{{path: {tmp_path}/nope}}]}}\n")
     res = CliRunner().invoke(app, ["train", "rft", "--config", str(y), f"output.dir={tmp_path}/o"])
     assert res.exit_code != 0 and "dataset not found" in res.output
+
+
+def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Model weights, LoRA adapter and AdamW moments of a checkpoint."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in [*ckpt.glob("model*.safetensors"), *(ckpt / "trainer").glob("*.safetensors")]:
+        if f.name != "rng.safetensors":
+            out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(sft_dir, tmp_path, lora):
+    """1 step, then resume for the 2nd = 2 steps straight, to the bit: sampling seeds, LoRA
+    dropout (the restored RNG), the data position and the AdamW moments all carry over."""
+    from autovla.train.rft import train_rft
+
+    cfgs = [make_cfg(sft_dir, tmp_path / name, max_steps=n, lora=lora, forward_prompts=None)
+            for name, n in (("straight", 2), ("split", 1), ("split", 2))]  # fmt: skip
+    for c in cfgs:
+        c.optim.lr = 5e-3 if lora else 1e-4  # a whole model diverges at the LoRA lr
+        c.train.lora.dropout = 0.5 if lora else 0.1  # dropout draws from the restored RNG
+    straight = train_rft(cfgs[0])
+    first = train_rft(cfgs[1])
+    assert first.checkpoint.name == "step-00000001"
+    resumed = train_rft(cfgs[2])
+    assert resumed.steps == straight.steps == 2
+    a, b = _tensors(straight.checkpoint), _tensors(resumed.checkpoint)
+    assert a.keys() == b.keys() and any("exp_avg" in k for k in a)
+    assert any("adapter" in k for k in a) == lora
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, differ[:5]
+    moved = _tensors(first.checkpoint)
+    assert any(not torch.equal(moved[k], a[k]) for k in a if "exp_avg" in k)  # step 2 counted

@@ -46,8 +46,8 @@ def test_sft_trains_logs_and_resumes_exactly(tmp_path):
     assert not torch.equal(a[key], init[key])  # trained
     vision = next(k for k in init if "visual" in k)
     assert torch.equal(a[vision], init[vision])  # frozen vision encoder
-    for k in a:  # stopping at 2 and resuming gives the same weights as 3 steps straight
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # stopping at 2 and resuming gives the same weights as 3 steps straight, to the bit
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The checkpoint is a self-contained model directory; logs and TensorBoard are written.
     vla = AutoVLA.from_pretrained(resumed.checkpoint)
     assert vla.codebook.size == 48

@@ -294,9 +294,11 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         write_json(out / STATE_FILE, state)
         elapsed = time.perf_counter() - t_start
         echo(f"  finished in {seconds:.0f} s (demo so far {elapsed / 60:.1f} min)")
-    from autovla.demo_report import headline_rows, write_demo_report
+    from autovla.demo_report import headline_rows, training_lines, write_demo_report
 
     report = write_demo_report(out, stages, cfg)
+    for line in training_lines(out):
+        echo(line)
     echo("")
     echo(f"autovla demo - {cfg.label}")
     for line in headline_rows(out, stages):

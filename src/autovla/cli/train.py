@@ -31,7 +31,7 @@ def _train(train: Any, cfg: Any) -> Any:
     from autovla.data.manifest import ManifestError
     from autovla.model.checkpoint import CheckpointError
     from autovla.tokenizer import CodebookError
-    from autovla.train.checkpointing import OutputDirBusyError
+    from autovla.train.checkpointing import OutputDirError
     from autovla.train.data import EmptyDatasetError
     from autovla.train.loop import TrainingDivergedError
     from autovla.train.model_setup import CodebookMismatchError
@@ -41,7 +41,7 @@ def _train(train: Any, cfg: Any) -> Any:
     user_errors = (
         EmptyDatasetError, SFTDataError, RFTDataError, CodebookMismatchError, CodebookError,
         CheckpointError, ManifestError, FileNotFoundError, TrainingDivergedError,
-        OutputDirBusyError,
+        OutputDirError,
     )  # fmt: skip
     try:
         result = train(cfg)

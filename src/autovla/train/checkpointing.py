@@ -83,11 +83,17 @@ def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
         "param_groups": state["param_groups"],
         "state": {},
     }
+    storages: set[int] = set()
     for pid, entry in state["state"].items():
         meta = {}
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+                value = value.detach().cpu().contiguous()
+                ptr = value.untyped_storage().data_ptr()
+                if ptr in storages:  # gathered FSDP states can be views of one buffer
+                    value = value.clone()
+                storages.add(ptr)
+                tensors[f"{pid}.{name}"] = value
                 meta[name] = "tensor"
             else:
                 meta[name] = value
@@ -247,8 +253,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class OutputDirBusyError(ValueError):
-    """Another run holds the output folder (two runs would overwrite each other's files)."""
+class OutputDirError(ValueError):
+    """An output folder a run cannot use: another run holds it, or it holds another run."""
 
 
 @contextlib.contextmanager
@@ -266,7 +272,7 @@ def lock_output_dir(out: str | os.PathLike) -> Iterator[bool]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise OutputDirBusyError(
+            raise OutputDirError(
                 f"{out}: another run is using this output folder (process {holder}); "
                 "wait for it or set output.dir to another folder"
             ) from None

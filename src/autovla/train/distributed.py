@@ -23,9 +23,15 @@ def make_accelerator(device: str, precision: str) -> Any:
     """CPU (fp32 unless asked) when there is no GPU or device='cpu'; bf16 on GPU by default.
     Gradient accumulation is the stages' own (explicit loss scaling and `no_sync`)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
     precision = {"auto": "no" if cpu else "bf16", "fp32": "no", "bf16": "bf16"}[precision]
+    # accelerate keeps one precision and device per process: a second run in the same process
+    # (the demo, a notebook) that wants others starts from a fresh state
+    old = AcceleratorState._shared_state
+    if old and (old.get("_mixed_precision") != precision or (cpu and old["device"].type != "cpu")):
+        AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=precision)
 
 

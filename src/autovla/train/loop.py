@@ -162,7 +162,7 @@ class Run:
     def _resume_point(self) -> Path | None:
         last = ckpt.latest_checkpoint(self.ckroot)
         if last is not None and not self.cfg.output.resume:
-            raise ValueError(
+            raise ckpt.OutputDirError(
                 f"{self.ckroot} already holds checkpoints (last: {last.name}) and output.resume "
                 "is false: a new run there would mix with them; set output.dir to another "
                 "folder, or output.resume=true to continue"
@@ -459,11 +459,9 @@ def _fit(run: Run, stage: Stage) -> Result:
         return result
     finally:
         tracker.close()
+    how = {"steps": "done", "time": "stopped by the time budget"}.get(stop, "interrupted")
     rate = f", {result.samples_per_s:.2f} {stage.unit}/s" if t_train > 0 else ""
-    if acc.is_main_process:
-        print(
-            f"{name}: stopped by {stop} at step {step} of {stage.max_steps}{rate}, "
-            f"checkpoint {result.checkpoint}",
-            flush=True,
-        )
+    if acc.is_main_process:  # the summary, once
+        print(f"{name}: {how} at step {step} of {stage.max_steps}{rate}, checkpoint "
+              f"{result.checkpoint}", flush=True)  # fmt: skip
     return result
