@@ -98,7 +98,7 @@ class Run:
     ):
         from accelerate.utils import set_seed
 
-        self.cfg, self.stage = cfg, cfg.stage
+        self.cfg, self.name = cfg, cfg.stage
         t = cfg.train
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
@@ -230,12 +230,12 @@ class Run:
         limit = self.cfg.train.max_bad_steps
         if self.bad_steps > limit:
             raise TrainingDivergedError(
-                f"{self.stage}: non-finite loss or gradient at step {self.step + 1} "
+                f"{self.name}: non-finite loss or gradient at step {self.step + 1} "
                 f"({self.bad_steps} such update(s), train.max_bad_steps={limit}); stopped "
                 f"without saving, the last checkpoint is {ckpt.latest_checkpoint(self.ckroot)}. "
                 "Lower optim.lr, or raise train.max_bad_steps to skip such updates"
             )
-        self.acc.print(f"{self.stage}: step {self.step + 1}: non-finite update skipped")
+        self.acc.print(f"{self.name}: step {self.step + 1}: non-finite update skipped")
         return float("nan")
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -246,7 +246,7 @@ class Run:
         bad = next((n for n, p in self.model.named_parameters() if not p.isfinite().all()), None)
         if agree(acc, [bad is not None])[0]:
             raise TrainingDivergedError(
-                f"{self.stage}: weights are not finite at step {step} (first: "
+                f"{self.name}: weights are not finite at step {step} (first: "
                 f"{bad or 'on another process'}): not saved, the last checkpoint "
                 f"{ckpt.latest_checkpoint(self.ckroot)} is kept"
             )
@@ -282,9 +282,11 @@ class Run:
             return
         state_file = path / ckpt.TRAINER_DIR / ckpt.STATE_FILE
         write_json(state_file, {**read_json(state_file), "stopped_by": stopped_by})
-        info = read_json(path / "autovla.json")
+        from autovla.model.checkpoint import INFO_FILE
+
+        info = read_json(path / INFO_FILE)
         info["training"] = {**info.get("training", {}), "stopped_by": stopped_by}
-        write_json(path / "autovla.json", info)
+        write_json(path / INFO_FILE, info)
 
     def close(self) -> None:
         """Release the output folder."""
@@ -367,7 +369,7 @@ def fit(stage: Stage) -> Result:
 
 
 def _fit(run: Run, stage: Stage) -> Result:
-    cfg, acc, name = run.cfg, run.acc, run.stage
+    cfg, acc, name = run.cfg, run.acc, run.name
     out = cfg.output
     result = Result(name, run.resume_from, run.start_step, is_main=acc.is_main_process)
     if run.start_step >= stage.max_steps:
