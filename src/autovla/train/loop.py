@@ -117,9 +117,8 @@ class Run:
             self._build_model()
             self.system: SystemKind = system or self.vla.info.get("system", "dual")
             self._prepare(wrap)
-        self.step = self.start_step  # the step being trained
-        self.lr = 0.0
-        self.bad_steps = 0
+        self.bad_steps = 0  # updates skipped for a non-finite loss or gradient
+        self.begin_step(self.start_step)
 
     @contextlib.contextmanager
     def closed_on_error(self) -> Iterator[None]:
