@@ -35,7 +35,7 @@ def small_cache(**kw) -> MetricCache:
         track_types=[0, 1],
         boxes=boxes,
         velocity=vel,
-        pdm_closed=np.stack([np.arange(41) * 0.5, np.zeros(41), np.zeros(41)], -1),
+        pdm_closed=np.stack([np.arange(51) * 0.5, np.zeros(51), np.zeros(51)], -1),
         pdm_progress=20.0,
         speed_limit=13.9,
         red_light_ids=["99"],
@@ -99,7 +99,7 @@ def test_load_from_sample_and_errors(tmp_path: Path):
 
 def test_bad_fields_are_named(tmp_path: Path):
     with pytest.raises(MetricCacheError, match="'pdm_closed'"):
-        small_cache(pdm_closed=np.zeros((40, 3)))
+        small_cache(pdm_closed=np.zeros((41, 3)))
     with pytest.raises(MetricCacheError, match="'map_types'"):
         small_cache(map_types=[LANE])
     with pytest.raises(MetricCacheError, match="'track_types'"):

@@ -25,7 +25,7 @@ from autovla.paths import inside
 
 VERSION = 1
 OBS_STEPS = 51  # scoring observation: 0 .. 5 s at 0.1 s
-PLAN_STEPS = 41  # simulated states: 0 .. 4 s at 0.1 s
+PDM_STEPS = 51  # PDM-Closed trajectory: 0 .. 5 s at 0.1 s (4 s are scored)
 
 # drivable-map object types (NAVSIM's PDMDrivableMap layers)
 LANE, LANE_CONNECTOR, ROADBLOCK, INTERSECTION, CARPARK_AREA = range(5)
@@ -55,8 +55,9 @@ class MetricCache:
     acceleration in the ego frame); centerline (K, 3); map_types (M,) int8 and map_polygons
     (M,) shapely Polygons; track_types (A,) int8 into TRACK_TYPES; boxes (51, A, 5) = x, y,
     heading, length, width and velocity (51, A, 2), NaN where a track is absent;
-    pdm_closed (41, 3) the PDM-Closed reference's states at 0.1 s; pdm_progress its raw
-    progress times its NC x DAC (normalises ego progress).
+    pdm_closed (51, 3) the PDM-Closed reference's poses at 0.1 s from 0 to 5 s (the first
+    41 are scored; all 51 make the `pdm-closed` baseline's plan); pdm_progress its raw
+    progress times its NC x DAC, scored as a plan (normalises ego progress).
     """
 
     token: str
@@ -110,6 +111,8 @@ class MetricCache:
             raise bad("ego", f"expected 7 finite values, got shape {self.ego.shape}")
         if not np.isfinite(self.centerline).all():
             raise bad("centerline", "has NaN or infinite values")
+        if len(self.centerline) < 2 or not np.ptp(self.centerline[:, :2], axis=0).any():
+            raise bad("centerline", "needs at least two distinct points")
         m = len(self.map_ids)
         if len(self.map_types) != m or len(self.map_polygons) != m:
             raise bad(
@@ -129,9 +132,9 @@ class MetricCache:
             self.track_types.min() < 0 or self.track_types.max() >= len(TRACK_TYPES)
         ):
             raise bad("track_types", f"values must be in 0..{len(TRACK_TYPES) - 1}")
-        if self.pdm_closed.shape != (PLAN_STEPS, 3) or not np.isfinite(self.pdm_closed).all():
+        if self.pdm_closed.shape != (PDM_STEPS, 3) or not np.isfinite(self.pdm_closed).all():
             raise bad(
-                "pdm_closed", f"expected ({PLAN_STEPS}, 3) finite, got {self.pdm_closed.shape}"
+                "pdm_closed", f"expected ({PDM_STEPS}, 3) finite, got {self.pdm_closed.shape}"
             )
         if not np.isfinite(self.pdm_progress) or self.pdm_progress < 0:
             raise bad("pdm_progress", f"must be finite and >= 0, got {self.pdm_progress}")
