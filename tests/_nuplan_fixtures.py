@@ -17,9 +17,9 @@ and 22 (14 -> 13, 2003: 1006 -> 1005), both in intersection 31. A lone roadblock
 
 The scene log: the ego drives east in lane 1001 at 10 m/s and is at x = 60 at the current
 frame (index 3). A lead vehicle drives in lane 1002 at 12 m/s, 10 m ahead; a car is parked in
-the carpark at (90, -7.75); a pedestrian walks in the carpark; an oncoming car is seen in lane
-1005 from frame 5 to 12; a traffic cone is seen once (frame 8, off the road). The traffic light
-of connector 2001 (the ego's) is red, that of 2002 green, that of 2003 red (not on the route).
+the carpark at (90, -7.75); a pedestrian walks in the carpark; an oncoming car is seen in
+lane 1005 from frame 5 to 12; a traffic cone is seen once (frame 8, carpark corner). The
+traffic light of connector 2001 (the ego's) is red, 2002 green, 2003 red (not on the route).
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def tracks(t: float, k: int) -> list[tuple[str, str, tuple, tuple, tuple]]:
             ("oncoming", "vehicle", (140 - 10 * (t - 1), 5.25, np.pi), (4.6, 1.9, 1.5), (-10, 0))
         )
     if k == 8:
-        out.append(("cone", "traffic_cone", (95.0, 12.0, 0.3), (0.4, 0.4, 0.7), (0, 0)))
+        # a static object: its (bogus) velocity must not reach the cache
+        out.append(("cone", "traffic_cone", (98.0, -5.0, 0.3), (0.4, 0.4, 0.7), (0.3, 0.1)))
     return out
 
 
