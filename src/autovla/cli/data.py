@@ -228,3 +228,91 @@ def waymo(
         return WaymoConverter(files, out, split=split, images=images, clusters=cluster_map)
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "waymo")
+
+
+# --- metric caches (PDM-score inputs) ----------------------------------------------------
+metric_cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="Build metric caches (what the PDM score needs) for converted datasets.",
+)
+app.add_typer(metric_cache_app, name="metric-cache")
+
+
+@metric_cache_app.command("navsim")
+def metric_cache_navsim(
+    logs: Path = typer.Option(
+        ...,
+        "--logs",
+        help="navsim_logs/ (or navsim_logs/<split>/) the dataset was converted from. Log "
+        "pickles can run code: use logs from a trusted source only.",
+    ),
+    maps: Path = typer.Option(
+        ...,
+        "--maps",
+        help="nuPlan maps root: <location>/<version>/map.gpkg and "
+        "nuplan-maps-v1.0.json (docs/navsim.md).",
+    ),
+    data: Path = typer.Option(..., "--data", help="The converted NAVSIM dataset (updated)."),
+    scene_filter: Path | None = typer.Option(
+        None,
+        "--scene-filter",
+        help="Only these scenes: tokens one per line, or a NAVSIM "
+        "scene-filter YAML with a `tokens` list (e.g. navtest.yaml).",
+    ),
+    trust_pickles: bool = typer.Option(
+        False, "--trust-pickles", help="Allow any class in the pickles (trusted logs only)."
+    ),
+    workers: int = _WORKERS,
+    shard: str | None = _SHARD,
+    skip_bad: bool = _SKIP_BAD,
+    quiet: bool = _QUIET,
+) -> None:
+    """NAVSIM scenes -> metric caches (route, centerline, drivable map, interpolated tracks,
+    PDM-Closed reference) under <data>/metric_cache/, and `scoring` set in the manifests."""
+    from autovla.data.manifest import ManifestError
+    from autovla.data.sources.runner import ConvertError, parse_shard, run_conversion
+    from autovla.scoring.cache_job import (
+        CACHE_DIR,
+        MetricCacheJob,
+        attach_caches,
+        read_scene_filter,
+    )
+
+    try:
+        shard_t = parse_shard(shard)
+        tokens = read_scene_filter(scene_filter) if scene_filter is not None else None
+        job = MetricCacheJob(logs, maps, data, tokens, trust_pickles)
+        units = job.units()
+        if not units:
+            raise ValueError(
+                f"no NAVSIM samples{' in the scene filter' if tokens else ''} in {data}"
+            )
+        if workers > 1:
+            job.preload()
+        summary = run_conversion(
+            units,
+            job,
+            job.root / CACHE_DIR,
+            shard=shard_t,
+            workers=workers,
+            skip_bad=skip_bad,
+            progress=not quiet,
+            desc="metric cache",
+            done=job.done,
+            manifests=False,
+        )
+        updated = attach_caches(data)
+    except ConvertError as e:
+        raise fail(f"{e}\n(use --skip-bad to skip bad scenes and go on)") from None
+    except (FileNotFoundError, ValueError, ManifestError) as e:
+        raise fail(str(e)) from None
+    rows = [
+        ("logs done now", summary.units_done),
+        ("logs already done", summary.units_resumed),
+        ("caches written", summary.written),
+        ("samples given a cache", updated),
+    ]
+    rows += [(f"skipped: {why}", n) for why, n in summary.skipped.most_common()]
+    console.print(table(f"metric cache -> {job.root / CACHE_DIR}", ["", "count"], rows))
+    for ex in summary.examples[:5]:
+        typer.echo(f"  e.g. {ex}")

@@ -165,7 +165,24 @@ ConvertFn = Callable[[Unit], Iterator["DrivingSample | ConvertError | Filtered"]
 _WORKER_FN: ConvertFn | None = None  # set before forking so workers inherit it
 
 
-def _convert_unit(unit: Unit, out: Path, skip_bad: bool, fn: ConvertFn | None = None) -> UnitResult:
+class _NoManifest:
+    """Stands in for the unit manifest of a job that writes its own files (counts samples)."""
+
+    count = 0
+
+    def __enter__(self) -> _NoManifest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def write(self, sample: DrivingSample) -> None:
+        self.count += 1
+
+
+def _convert_unit(
+    unit: Unit, out: Path, skip_bad: bool, fn: ConvertFn | None = None, manifests: bool = True
+) -> UnitResult:
     fn = fn or _WORKER_FN
     assert fn is not None
     result = UnitResult()
@@ -179,7 +196,7 @@ def _convert_unit(unit: Unit, out: Path, skip_bad: bool, fn: ConvertFn | None = 
         if len(result.errors) < 5:
             result.errors.append(str(e))
 
-    with ManifestWriter(unit_manifest(out, unit)) as w:
+    with ManifestWriter(unit_manifest(out, unit)) if manifests else _NoManifest() as w:
         try:
             for item in fn(unit):
                 if isinstance(item, ConvertError):
@@ -204,8 +221,14 @@ def run_conversion(
     skip_bad: bool = False,
     progress: bool = True,
     desc: str = "converting",
+    done: Callable[[Unit], bool] | None = None,
+    manifests: bool = True,
 ) -> Summary:
-    """Convert this shard's units that are not done yet; write `summary-<I>-of-<N>.json`."""
+    """Convert this shard's units that are not done yet; write `summary-<I>-of-<N>.json`.
+
+    A unit is done when its manifest exists, or when `done(unit)` says so. `manifests=False`
+    is for jobs that write their own files per sample (the metric cache): the samples a unit
+    yields are then only counted."""
     from tqdm import tqdm
 
     global _WORKER_FN
@@ -214,13 +237,14 @@ def run_conversion(
     i, n = shard
     mine = [u for u in units if u.index % n == i - 1]
     summary = Summary(units_total=len(mine))
-    todo = [u for u in mine if not unit_manifest(out, u).exists()]
+    is_done = done or (lambda u: unit_manifest(out, u).exists())
+    todo = [u for u in mine if not is_done(u)]
     summary.units_resumed = len(mine) - len(todo)
     bar = tqdm(total=len(todo), desc=desc, unit="unit", disable=not progress)
     try:
         if workers <= 1 or len(todo) <= 1:
             for u in todo:
-                summary.add(_convert_unit(u, out, skip_bad, convert))
+                summary.add(_convert_unit(u, out, skip_bad, convert, manifests))
                 bar.update()
         else:
             import multiprocessing as mp
@@ -228,7 +252,9 @@ def run_conversion(
             _WORKER_FN = convert  # fork shares the converter's (possibly large) indexes
             ctx = mp.get_context("fork")
             with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-                futures = [ex.submit(_convert_unit, u, out, skip_bad) for u in todo]
+                futures = [
+                    ex.submit(_convert_unit, u, out, skip_bad, None, manifests) for u in todo
+                ]
                 try:
                     for f in as_completed(futures):
                         summary.add(f.result())
