@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from autovla.cli import app
 from autovla.data.manifest import load_samples
+from autovla.data.scene_filter import read_scene_filter
 from autovla.data.sources.navsim import NavsimConverter
 from autovla.data.sources.runner import run_conversion
 from autovla.scoring import load_cache, score_plans
-from autovla.scoring.cache_job import read_scene_filter
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _nuplan_fixtures as F

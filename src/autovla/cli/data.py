@@ -270,13 +270,9 @@ def metric_cache_navsim(
     """NAVSIM scenes -> metric caches (route, centerline, drivable map, interpolated tracks,
     PDM-Closed reference) under <data>/metric_cache/, and `scoring` set in the manifests."""
     from autovla.data.manifest import ManifestError
+    from autovla.data.scene_filter import read_scene_filter
     from autovla.data.sources.runner import ConvertError, parse_shard, run_conversion
-    from autovla.scoring.cache_job import (
-        CACHE_DIR,
-        MetricCacheJob,
-        attach_caches,
-        read_scene_filter,
-    )
+    from autovla.scoring.cache_job import CACHE_DIR, MetricCacheJob, attach_caches
 
     try:
         shard_t = parse_shard(shard)
