@@ -267,8 +267,10 @@ def metric_cache_navsim(
     skip_bad: bool = _SKIP_BAD,
     quiet: bool = _QUIET,
 ) -> None:
-    """NAVSIM scenes -> metric caches (route, centerline, drivable map, interpolated tracks,
-    PDM-Closed reference) under <data>/metric_cache/, and `scoring` set in the manifests."""
+    """NAVSIM scenes + nuPlan maps -> metric caches for PDMS; sets each sample's `scoring`.
+
+    A cache per scene (route, centerline, drivable map, interpolated tracks, PDM-Closed
+    reference) goes to <data>/metric_cache/<log>/<token>.npz (docs/navsim.md)."""
     from autovla.data.manifest import ManifestError
     from autovla.data.scene_filter import read_scene_filter
     from autovla.data.sources.runner import ConvertError, parse_shard, run_conversion
