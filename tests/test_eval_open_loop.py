@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from autovla.cli import app
-from autovla.data.manifest import write_manifest
+from autovla.data.manifest import load_samples, write_manifest
 from autovla.data.schema import SceneFacts, SceneObject
 from autovla.eval import open_loop as OL
 from autovla.eval.baselines import ConstantVelocity, Expert, PlanOutput, make_baseline
@@ -298,18 +298,29 @@ def test_front_camera_draws_the_plan(tmp_path):
 
 
 def test_baselines_rank_on_generated_world(tmp_path, monkeypatch):
-    """Expert > constant velocity on PDMS with the world's own scorer (when it exists)."""
-    scoring = pytest.importorskip("autovla.sim.scoring")
-    pytest.importorskip("autovla.cli.sim")
-    monkeypatch.setattr(OL, "_scorer", lambda: scoring.score_sample)
+    """Expert and PDM-Closed > constant velocity on PDMS with the NAVSIM v1.1 scorer."""
+    from autovla.scoring import score_sample
+
+    monkeypatch.setattr(OL, "_scorer", lambda: score_sample)
     ds = tmp_path / "world"
     gen = CliRunner().invoke(
         app, ["sim", "generate", "--out", str(ds), "--scenes", "8", "--seed", "0", "--workers", "1"]
     )
     assert gen.exit_code == 0, gen.output
     res = {}
-    for name in ("expert", "constant-velocity"):
+    for name in ("expert", "constant-velocity", "pdm-closed"):
         res[name] = run_open_loop(make_baseline(name), ds, None, tmp_path / name)["overall"]
-    assert res["expert"]["n_pdms"] > 0
+    assert res["expert"]["n_pdms"] > 0 and res["pdm-closed"]["n_pdms"] == res["expert"]["n_pdms"]
     assert res["expert"]["pdms"] > res["constant-velocity"]["pdms"]
+    assert res["pdm-closed"]["pdms"] > res["constant-velocity"]["pdms"]
+    assert res["pdm-closed"]["pdms"] > 0.9  # the reference scores itself well
     assert res["expert"]["l2_avg"] < res["constant-velocity"]["l2_avg"]
+    # a broken metric cache: reported, left out of the means, never a silent 0
+    rows = read_rows(tmp_path / "expert")
+    victim = next(r["id"] for r in rows if "pdms" in r)
+    sample = next(s for s in load_samples(ds) if s.id == victim)
+    (ds / sample.scoring).write_bytes(b"broken")
+    again = run_open_loop(make_baseline("expert"), ds, None, tmp_path / "expert2")["overall"]
+    assert again["n_scoring_errors"] == 1 and again["n_pdms"] == res["expert"]["n_pdms"] - 1
+    row = next(r for r in read_rows(tmp_path / "expert2") if r["id"] == victim)
+    assert "pdms" not in row and "metric cache" in row["scoring_error"]

@@ -31,7 +31,10 @@ def open_loop(
     split: str = typer.Option("test", help="Split to evaluate."),
     model: Path | None = typer.Option(None, help="Model directory (the trained planner)."),
     baseline: str | None = typer.Option(
-        None, help="Built-in baseline: constant-velocity, expert or quantized-gt."
+        None,
+        "--baseline",
+        "--planner",
+        help="Built-in baseline planner: constant-velocity, pdm-closed, expert or quantized-gt.",
     ),
     codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),

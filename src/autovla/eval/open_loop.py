@@ -3,8 +3,10 @@
 Writes into the run directory `results.json` (every number, the config, seeds, model path,
 project version, git commit) and `samples.jsonl` (one row per sample with a `valid` flag and
 the plan, so reports and comparisons need no re-run). Metrics that need data a sample lacks
-(object futures, scoring sidecar, rater preferences) are left out of that sample's row and
-the means count only the samples that have them (their `n_*` says how many).
+(object futures, metric cache, rater preferences) are left out of that sample's row and
+the means count only the samples that have them (their `n_*` says how many). A sample whose
+plan the scorer cannot score (a broken metric cache, a NaN score) gets a `scoring_error`,
+no PDMS, and is counted in `n_scoring_errors`: never a silent 0.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from autovla.io import atomic_open, write_json
 
 RESULTS = "results.json"
 ROWS = "samples.jsonl"
-SCORE_KEYS = ("pdms", "nc", "dac", "ttc", "comfort", "ep", "red_light", "pedestrian")
+SCORE_KEYS = ("pdms", "nc", "dac", "ddc", "ttc", "comfort", "ep")
 COLLISION_STEPS = 6  # nuScenes: 3 s at 2 Hz
 
 
@@ -77,7 +79,7 @@ def _batches(items: Iterable, size: int) -> Iterable[list]:
 
 def _scorer() -> Callable | None:
     try:
-        from autovla.sim.scoring import score_sample
+        from autovla.scoring import score_sample
     except ImportError:
         return None
     return score_sample
@@ -140,18 +142,29 @@ def sample_row(
         )
         try:
             sc = scorer(root, s, plans)
-        except (OSError, ValueError, KeyError) as e:  # a broken sidecar: no PDMS, say why
+        except (OSError, ValueError, KeyError) as e:  # a broken cache: no PDMS, say why
             row["scoring_error"] = f"{type(e).__name__}: {e}"
         else:
-            for k in SCORE_KEYS:
-                vals = getattr(sc, k, None)
-                if vals is not None:
-                    row[k] = float(np.asarray(vals)[0])
+            if not np.isfinite(np.asarray(sc.pdms, dtype=np.float64)[0]):
+                row["scoring_error"] = "the scorer returned NaN for this plan"
+            else:
+                row.update(_score_values(sc))
             if plan.candidates is not None and len(plan.candidates):
-                row["bestk_pdms"] = float(np.max(np.asarray(sc.pdms)[1:]))
+                best = np.asarray(sc.pdms, dtype=np.float64)[1:]
+                if np.isfinite(best).any():
+                    row["bestk_pdms"] = float(np.nanmax(best))
     if rfs is not None and s.preference is not None:
         row["rfs"] = float(rfs(traj[:, :2], s.preference, s.ego.speed))
     return {**row, "valid": True, "error": None}
+
+
+def _score_values(sc) -> dict[str, float]:
+    out = {}
+    for k in SCORE_KEYS:
+        vals = getattr(sc, k, None)
+        if vals is not None:
+            out[k] = float(np.asarray(vals)[0])
+    return out
 
 
 def run_plans(

@@ -13,7 +13,7 @@ from autovla.scoring.cache import (
     load_cache,
 )
 from autovla.scoring.pdm_closed import Detections, attach_pdm_closed, pdm_closed_trajectory
-from autovla.scoring.pdm_score import PDMResults, score_plans
+from autovla.scoring.pdm_score import PDMResults, score_plans, score_sample
 
 __all__ = [
     "MAP_TYPES",
@@ -27,4 +27,5 @@ __all__ = [
     "load_cache",
     "pdm_closed_trajectory",
     "score_plans",
+    "score_sample",
 ]

@@ -181,27 +181,58 @@ def _relative_angle(states: np.ndarray, centroid: np.ndarray) -> np.ndarray:
         return np.arccos(dot)
 
 
+def boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether rectangles a and b (K, 4, 2) (corners in order) intersect, touching included.
+
+    The separating-axis test on the four edge directions, with each rectangle reduced to
+    its centre and half-extents; equal to shapely's `intersects` up to rounding.
+    """
+    ca, cb = a.mean(1), b.mean(1)
+    ea, fa = (a[:, 0] - a[:, 1]) / 2, (a[:, 1] - a[:, 2]) / 2  # half-length, half-width vectors
+    eb, fb = (b[:, 0] - b[:, 1]) / 2, (b[:, 1] - b[:, 2]) / 2
+    d = cb - ca
+    sep = np.zeros(len(a), dtype=bool)
+    for axis in (ea, fa, eb, fb):
+
+        def proj(v, axis=axis):
+            return np.abs(v[:, 0] * axis[:, 0] + v[:, 1] * axis[:, 1])
+
+        sep |= proj(d) > proj(ea) + proj(fa) + proj(eb) + proj(fb)
+    return ~sep
+
+
 def _first_contacts(
     ego_poly: np.ndarray, ego_centre: np.ndarray, obs: Observation, times: np.ndarray,
     active: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Contacts between ego polygons (N, K, 4, 2) and the observation at `times` (K,).
+    """Contacts between ego rectangles (N, K, 4, 2) and the observation at `times` (K,).
 
     Returns (plan, k, track) of each plan-track pair's first contact in k order, skipping
     ignored tracks and entries where `active` (N, K) is False.
     """
+    empty = np.zeros(0, np.int64)
     c = obs.boxes[times][..., :2]  # (K, A, 2)
-    d = np.hypot(ego_centre[:, :, None, 0] - c[None, ..., 0],
-                 ego_centre[:, :, None, 1] - c[None, ..., 1])  # fmt: skip
+    # tracks that never come near any ego position are dropped before the pairwise test
+    reach = EGO_RADIUS + obs.radius + 1e-6  # (A,)
+    lo, hi = ego_centre.min((0, 1)), ego_centre.max((0, 1))
     with np.errstate(invalid="ignore"):
-        cand = d <= EGO_RADIUS + obs.radius + 1e-6
-    cand &= active[..., None] & ~obs.ignored
-    ni, ki, ai = np.nonzero(cand)
+        near = ((c >= lo - reach[:, None]) & (c <= hi + reach[:, None])).all(-1).any(0)
+    keep = np.nonzero(near & ~obs.ignored)[0]
+    if not len(keep):
+        return empty, empty, empty
+    ck = c[:, keep]
+    d2 = (ego_centre[:, :, None, 0] - ck[None, ..., 0]) ** 2
+    d2 += (ego_centre[:, :, None, 1] - ck[None, ..., 1]) ** 2
+    with np.errstate(invalid="ignore"):
+        cand = d2 <= reach[keep] ** 2
+    cand &= active[..., None]
+    ni, ki, aj = np.nonzero(cand)
     if not len(ni):
-        return ni, ki, ai
-    hit = polygons_overlap(ego_poly[ni, ki], obs.corners[times[ki], ai])
+        return empty, empty, empty
+    ai = keep[aj]
+    hit = boxes_intersect(ego_poly[ni, ki], obs.corners[times[ki], ai])
     ni, ki, ai = ni[hit], ki[hit], ai[hit]
-    # first contact per (plan, track): nonzero is sorted by (plan, k, track)
+    # first contact per (plan, track): order by plan, track, then k
     order = np.lexsort((ki, ai, ni))
     ni, ki, ai = ni[order], ki[order], ai[order]
     first = np.ones(len(ni), dtype=bool)

@@ -10,7 +10,10 @@ batch gives the same numbers as one plan at a time). See docs/scoring.md.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -24,6 +27,8 @@ from autovla.scoring.cache import (
     N_AGENT_TYPES,
     ROADBLOCK,
     MetricCache,
+    MetricCacheError,
+    cache_path,
 )
 from autovla.scoring.interpolate import SCORED_POSES, reference_states
 from autovla.scoring.map_index import PolygonIndex
@@ -137,3 +142,33 @@ def score_plans(cache: MetricCache, plans: np.ndarray) -> PDMResults:
     for name, value in (("pdms", pdms), ("ep", ep), *m.items()):
         getattr(out, name)[ok] = value
     return out
+
+
+# --- one sample at a time (training rewards, evaluation) -----------------------------------
+CACHED_SCENES = 16  # metric caches kept loaded (with their map index) per process
+
+
+@functools.lru_cache(maxsize=CACHED_SCENES)
+def _load(path: str, mtime_ns: int, size: int) -> MetricCache:
+    return MetricCache.load(path)
+
+
+def load_cache_cached(root: str | os.PathLike, sample) -> MetricCache:
+    """`load_cache` with the last few caches (and their derived map index) kept in memory,
+    keyed by path, modification time and size; RFT scores the same scenes step after step."""
+    path = cache_path(root, sample)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"sample {sample.id!r}, field 'scoring': metric cache not found: {path}"
+        ) from None
+    try:
+        return _load(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    except MetricCacheError as e:
+        raise MetricCacheError(f"sample {sample.id!r}, field 'scoring': {e}") from None
+
+
+def score_sample(root: str | os.PathLike, sample, plans: np.ndarray) -> PDMResults:
+    """Score plans (N, >= 8, 3) of a sample against its metric cache (see `score_plans`)."""
+    return score_plans(load_cache_cached(root, sample), plans)

@@ -193,6 +193,7 @@ def simulate(reference: np.ndarray, start: np.ndarray, steps: int | None = None)
     long_gain = Q_LONG * HORIZON * dt / (HORIZON * dt * Q_LONG * HORIZON * dt + R_LONG)
     acc_f = dt / (dt + ACCEL_TAU)
     steer_f = dt * dt / (dt + STEER_TAU)  # steering-rate command to steering change
+    sa_v, sa_b = dt * HORIZON, dt * s1
     q1 = Q_LAT[1] / Q_LAT[0]  # Q_LAT[0] == 1 and R_LAT == 1 scale out below
     two_pi, pi = 2.0 * np.pi, np.pi
     for k in range(steps):
@@ -205,16 +206,20 @@ def simulate(reference: np.ndarray, start: np.ndarray, steps: int | None = None)
             cmd = -long_gain * dv
         # lateral error state against reference pose k (angles wrapped to [-pi, pi))
         e0 = y * cos_r[k] - x * sin_r[k] + e0_off[k]
-        e1 = (h - rh[k] + pi) % two_pi - pi
+        e1 = h - rh[k]
+        if np.abs(e1).max() > pi:  # headings near +-pi: wrap (rarely needed)
+            e1 = (e1 + pi) % two_pi - pi
         b = cmd * dt
         vv, vb, bb = v * v, v * b, b * b
-        sa = dt * (HORIZON * v + s1 * b)
+        sa = sa_v * v + sa_b * b
         sab = sab_c[0] * vv + sab_c[1] * vb + sab_c[2] * bb
         b0 = b0_c[0] * vv + b0_c[1] * vb + b0_c[2] * bb
         b1 = b1_a * v + b1_b * b
         g0 = g0_aa[k] * vv + g0_ab[k] * vb + g0_bb[k] * bb
         z0 = e0 + sa * e1 + sab * steer + g0
-        z1 = (e1 + (sa / L) * steer + g1_a[k] * v + g1_b[k] * cmd + pi) % two_pi - pi
+        z1 = e1 + (sa / L) * steer + g1_a[k] * v + g1_b[k] * cmd
+        if np.abs(z1).max() > pi:
+            z1 = (z1 + pi) % two_pi - pi
         u = (b0 * z0 + q1 * b1 * z1) / (b0 * b0 + q1 * b1 * b1 + R_LAT)
         if stop is not None:
             u[stop] = 0.0
@@ -223,7 +228,9 @@ def simulate(reference: np.ndarray, start: np.ndarray, steps: int | None = None)
         vdt = v * dt
         x = x + vdt * np.cos(h)
         y = y + vdt * np.sin(h)
-        h = (h + vdt * np.tan(steer) / L + pi) % two_pi - pi
+        h = h + vdt * np.tan(steer) / L
+        if np.abs(h).max() > pi:
+            h = (h + pi) % two_pi - pi
         v = v + acc * dt
         steer = np.minimum(np.maximum(steer - steer_f * u, -MAX_STEER), MAX_STEER)
         row = out[k + 1]
