@@ -52,3 +52,65 @@ def test_unscored_groups_are_left_out_and_counted(sft_dir, tmp_path):
     adv, _, keep = run.advantages(np.array([1.0, np.nan, 2.0, 4.0, 3.0, 3.0]))
     assert keep.tolist() == [False, False, True, True, True, True]
     assert adv[:2].tolist() == [0.0, 0.0] and adv[2] < 0 < adv[3]
+
+
+def navsim_world(root: Path) -> Path:
+    """The fixture log converted (split train, 3 scenes, images copied at the tiny model's
+    size), its map, and the metric cache built by the CLI; returns the dataset."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from autovla.cli import app
+    from autovla.data.sources.navsim import NavsimConverter
+    from autovla.data.sources.runner import ImageOptions, run_conversion
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _nuplan_fixtures as F
+
+    frames = F.make_log(n=16, blobs=root / "sensor_blobs" / "trainval")
+    F.write_log(root / "navsim_logs", frames, "trainval")
+    F.write_map(root / "maps")
+    data = root / "data"
+    conv = NavsimConverter(root / "navsim_logs", root / "sensor_blobs", data, split="train",
+                           stride=1, images=ImageOptions(copy=True, size=(224, 112)))  # fmt: skip
+    run_conversion(conv.units(), conv, data, progress=False)
+    r = CliRunner().invoke(app, ["data", "metric-cache", "navsim", "--logs",
+                                 str(root / "navsim_logs"), "--maps", str(root / "maps"),
+                                 "--data", str(data), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return data
+
+
+@pytest.mark.slow
+def test_3b_rft_recipe_runs_on_navsim_with_its_metric_cache(sft_dir, tmp_path):
+    """configs/qwen2.5-vl-3b-rft.yaml as written (pdms reward, G = 8, LoRA, bf16, gradient
+    checkpointing), with the tiny model, the converted fixture and a CPU-sized run."""
+    import json
+    import subprocess
+    import sys
+
+    from autovla.data.manifest import load_samples
+
+    data = navsim_world(tmp_path)
+    assert all(s.scoring for s in load_samples(data))
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-vl-3b-rft.yaml"
+    out = tmp_path / "rft"
+    overrides = [
+        f"model.path={sft_dir}",
+        f"data.datasets=[{{path: {data}, weight: 1.0, split: train}}]",
+        "train.max_steps=2",
+        "grpo.max_reasoning_tokens=4",  # a random tiny model would ramble to the cap
+        f"output.dir={out}",
+        "output.log_every=1",
+    ]
+    # its own process: the recipe's bf16 accelerator cannot share one with other tests
+    cmd = [sys.executable, "-m", "autovla", "train", "rft", "--config", str(recipe), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 <= row["reward_driving_score"] <= 1.0  # real PDMS from the metric cache
+        assert row["unscored_groups"] == 0
+    assert (out / "checkpoints").is_dir()
