@@ -369,3 +369,45 @@ def write_log(logs_root: Path, frames: list[dict], split: str = "test") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL))  # as OpenScene
     return path
+
+
+def navsim_dataset(
+    root: Path, logs: list[list[dict]] | None = None, split: str = "test", cache: bool = True
+) -> Path:
+    """Logs (default: one 16-frame fixture log) with camera files, converted by
+    `NavsimConverter` (stride 1, images copied at 224x112), the fixture map, and (with
+    `cache`) the metric cache built by `autovla data metric-cache navsim`. Returns the
+    dataset directory `root/data`."""
+    from typer.testing import CliRunner
+
+    from autovla.cli import app
+    from autovla.data.sources.navsim import NavsimConverter
+    from autovla.data.sources.runner import ImageOptions, run_conversion
+
+    blobs = root / "sensor_blobs" / split
+    for frames in logs or [make_log(n=16)]:
+        write_log(root / "navsim_logs", make_log_files(frames, blobs), split)
+    write_map(root / "maps")
+    data = root / "data"
+    conv = NavsimConverter(root / "navsim_logs", root / "sensor_blobs", data, split=split,
+                           stride=1, images=ImageOptions(copy=True, size=(224, 112)))  # fmt: skip
+    run_conversion(conv.units(), conv, data, progress=False)
+    if cache:
+        r = CliRunner().invoke(app, ["data", "metric-cache", "navsim", "--logs",
+                                     str(root / "navsim_logs"), "--maps", str(root / "maps"),
+                                     "--data", str(data), "--quiet"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+    return data
+
+
+def make_log_files(frames: list[dict], blobs: Path) -> list[dict]:
+    """Write a tiny JPEG for every camera path of `frames` under `blobs`; returns frames."""
+    from _sources_fixtures import jpeg_bytes
+
+    jpg = jpeg_bytes()
+    for f in frames:
+        for cam in f["cams"].values():
+            p = blobs / cam["data_path"]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(jpg)
+    return frames

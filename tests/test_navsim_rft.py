@@ -3,6 +3,7 @@ code path with the tiny model on converted NAVSIM data with its metric cache."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from autovla.train.rewards import ade_reward
 from autovla.train.rft_config import RFTConfig
 
 from . import model_fixtures as mf
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _nuplan_fixtures as F
 
 
 @pytest.fixture(scope="module")
@@ -54,45 +58,16 @@ def test_unscored_groups_are_left_out_and_counted(sft_dir, tmp_path):
     assert adv[:2].tolist() == [0.0, 0.0] and adv[2] < 0 < adv[3]
 
 
-def navsim_world(root: Path) -> Path:
-    """The fixture log converted (split train, 3 scenes, images copied at the tiny model's
-    size), its map, and the metric cache built by the CLI; returns the dataset."""
-    import sys
-
-    from typer.testing import CliRunner
-
-    from autovla.cli import app
-    from autovla.data.sources.navsim import NavsimConverter
-    from autovla.data.sources.runner import ImageOptions, run_conversion
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import _nuplan_fixtures as F
-
-    frames = F.make_log(n=16, blobs=root / "sensor_blobs" / "trainval")
-    F.write_log(root / "navsim_logs", frames, "trainval")
-    F.write_map(root / "maps")
-    data = root / "data"
-    conv = NavsimConverter(root / "navsim_logs", root / "sensor_blobs", data, split="train",
-                           stride=1, images=ImageOptions(copy=True, size=(224, 112)))  # fmt: skip
-    run_conversion(conv.units(), conv, data, progress=False)
-    r = CliRunner().invoke(app, ["data", "metric-cache", "navsim", "--logs",
-                                 str(root / "navsim_logs"), "--maps", str(root / "maps"),
-                                 "--data", str(data), "--quiet"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    return data
-
-
 @pytest.mark.slow
 def test_3b_rft_recipe_runs_on_navsim_with_its_metric_cache(sft_dir, tmp_path):
     """configs/qwen2.5-vl-3b-rft.yaml as written (pdms reward, G = 8, LoRA, bf16, gradient
     checkpointing), with the tiny model, the converted fixture and a CPU-sized run."""
     import json
     import subprocess
-    import sys
 
     from autovla.data.manifest import load_samples
 
-    data = navsim_world(tmp_path)
+    data = F.navsim_dataset(tmp_path, [F.make_log(n=16)], split="train")
     assert all(s.scoring for s in load_samples(data))
     recipe = Path(__file__).resolve().parents[1] / "configs" / "qwen2.5-vl-3b-rft.yaml"
     out = tmp_path / "rft"

@@ -100,8 +100,12 @@ def sample_row(
     count_tokens: Callable[[str], int] = approx_tokens,
     scorer: Callable | None = None,
     rfs: Callable | None = None,
+    require_scoring: bool = False,
 ) -> dict:
-    """Every per-sample number for one plan (the sample carries its ground truth)."""
+    """Every per-sample number for one plan (the sample carries its ground truth).
+
+    With `require_scoring` (a run on data with metric caches) a sample without one gets a
+    `scoring_error` instead of silently no PDMS."""
     traj = plan.trajectory
     row: dict = {
         "id": s.id,
@@ -136,6 +140,8 @@ def sample_row(
         if plan.candidates is not None and len(plan.candidates):
             cand_err = M.l2_per_step(plan.candidates, np.repeat(gt[None], len(plan.candidates), 0))
             row["bestk_ade"] = float(cand_err.mean(-1).min())
+    if scorer is not None and s.scoring is None and require_scoring:
+        row["scoring_error"] = "no metric cache (field 'scoring'): the scene was not cached"
     if scorer is not None and s.scoring is not None:
         plans = (
             traj[None] if plan.candidates is None else np.concatenate([traj[None], plan.candidates])
@@ -330,21 +336,35 @@ def run_open_loop(
     config: dict | None = None,
     seed: int = 0,
     count_tokens: Callable[[str], int] | None = None,
+    scene_filter: set[str] | None = None,
 ) -> dict:
     """Evaluate `plan_fn` on `split` of a dataset; returns the results dict it wrote.
 
     Reasoning tokens are counted with `count_tokens`, else the plan function's own
-    `count_tokens` (the model's tokenizer), else `approx_tokens`."""
+    `count_tokens` (the model's tokenizer), else `approx_tokens`. With `scene_filter` (scene
+    tokens, NAVSIM's navtest style) only those scenes are evaluated; tokens the split lacks
+    are counted in `scene_filter.missing`. When any sample has a metric cache, samples
+    without one count as scoring errors: PDMS is averaged over the scored scenes only."""
     count_tokens = count_tokens or getattr(plan_fn, "count_tokens", None)
     tokens_name = "plan function tokenizer" if count_tokens else "approx (words and punctuation)"
     count_tokens = count_tokens or approx_tokens
     out = prepare_run_dir(out_dir, overwrite)
     root = dataset_root(data_dir)
     samples = list(iter_samples(data_dir, split))
+    filter_info = None
+    if scene_filter is not None:
+        from autovla.data.scene_filter import in_filter, scene_token
+
+        samples = [s for s in samples if in_filter(s, scene_filter)]
+        found = {scene_token(s) for s in samples} | {s.id for s in samples}
+        missing = sorted(t for t in scene_filter if t not in found)
+        filter_info = {"tokens": len(scene_filter), "matched": len(samples),
+                       "missing": len(missing), "missing_examples": missing[:20]}  # fmt: skip
     if limit is not None:
         samples = samples[:limit]
     if not samples:
-        raise ValueError(f"no samples in split {split!r} of {data_dir}")
+        what = " matching the scene filter" if scene_filter is not None else ""
+        raise ValueError(f"no samples{what} in split {split!r} of {data_dir}")
     scorer = _scorer()
     rfs = _rfs()
     rows = run_plans(
@@ -356,6 +376,7 @@ def run_open_loop(
         count_tokens=count_tokens,
         scorer=scorer,
         rfs=rfs,
+        require_scoring=any(s.scoring is not None for s in samples),
     )
     results = {
         "kind": "open-loop",
@@ -370,6 +391,7 @@ def run_open_loop(
         "config": {"batch_size": batch_size, "limit": limit, **(config or {})},
         "token_count": tokens_name,
         "available": {"pdms": scorer is not None, "rfs": rfs is not None},
+        "scene_filter": filter_info,
         **aggregate(rows),
     }
     results = _clean(results)
