@@ -164,11 +164,44 @@ def test_missing_layer_column_or_link(tmp_path):
     F.write_map(tmp_path / "b", features=feats)
     with pytest.raises(MapError, match="'speed_limit_mps': missing column"):
         NuPlanMap(map_file(tmp_path / "b", F.LOCATION))
+
+
+def test_unusable_records_are_left_out_and_listed(tmp_path, caplog):
     feats = F.map_features()
-    feats["lane_connectors"][0][2]["entry_lane_fid"] = 4242
-    F.write_map(tmp_path / "c", features=feats)
-    with pytest.raises(MapError, match=r"record '2001' field 'entry_lane_fid': lane '4242'"):
-        NuPlanMap(map_file(tmp_path / "c", F.LOCATION))
+    feats["lane_connectors"][0][2]["entry_lane_fid"] = 4242  # connector 2001 -> nowhere
+    feats["baseline_paths"] = [
+        r for r in feats["baseline_paths"] if r[2]["lane_fid"] != 1004
+    ]  # lane 1004 has no centre line
+    F.write_map(tmp_path, features=feats)
+    m = NuPlanMap(map_file(tmp_path, F.LOCATION))
+    assert "2001" not in m.connectors and "1004" not in m.lanes
+    assert m.roadblock_connectors["21"].edges == []  # 2002 entered lane 1004
+    assert m.lanes["1001"].outgoing == []  # its connector is gone
+    assert sorted(m.problems) == [
+        "layer 'lane_connectors' record '2001': field 'entry_lane_fid': lane '4242' not in "
+        "lanes_polygons",
+        "layer 'lane_connectors' record '2002': field 'entry_lane_fid': lane '1004' not in "
+        "lanes_polygons",
+        "layer 'lanes_polygons' record '1004': no baseline path (baseline_paths.lane_fid)",
+    ]
+    assert "3 map records left out" in caplog.text
+    # a geometry blob that is no GeoPackageBinary, one that holds no WKB, and a NULL one
+    import sqlite3
+
+    con = sqlite3.connect(map_file(tmp_path, F.LOCATION))
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        con.execute(f'DROP TRIGGER "{name}"')  # GDAL's R-tree triggers need its functions
+    con.execute("UPDATE intersections SET geom = X'00'")
+    con.execute("UPDATE carpark_areas SET geom = X'47500001E61000000102'")
+    con.execute("UPDATE walkways SET geom = NULL")
+    con.commit()
+    con.close()
+    m = NuPlanMap(map_file(tmp_path, F.LOCATION))
+    assert m.intersections[0] == [] and m.carparks[0] == []
+    assert "layer 'intersections' record 31 field 'geom': not a GeoPackageBinary" in " ".join(
+        m.problems
+    )
+    assert "layer 'carpark_areas' record 41 field 'geom': unreadable WKB" in m.problems
 
 
 def test_broken_store_error_is_remembered(tmp_path):

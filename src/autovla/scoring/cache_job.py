@@ -21,6 +21,7 @@ from autovla.data.manifest import dataset_root, iter_samples, rewrite_manifest
 from autovla.data.scene_filter import in_filter, scene_token
 from autovla.data.schema import DrivingSample
 from autovla.data.sources.runner import ConvertError, Filtered, Unit
+from autovla.scoring.cache import MetricCacheError
 from autovla.scoring.navsim_cache import (
     CURRENT,
     SceneError,
@@ -135,6 +136,9 @@ class MetricCacheJob:
                 cache.save(self.cache_file(log_name, tok))
             except (SceneError, RouteError) as e:
                 yield ConvertError(path, tok, e.field, str(e))
+                continue
+            except MetricCacheError as e:  # inconsistent values (its message names the field)
+                yield ConvertError(path, tok, "", f"metric cache: {e}")
                 continue
             yield sid
 

@@ -240,7 +240,7 @@ def scene_inputs(window: list[dict], m: NuPlanMap) -> SceneInputs:
     edges = R.route_edges(blocks)
     dmap = R.drivable_map(m, centre)
     lane = R.starting_lane(edges, dmap, origin, centre, footprint)
-    off = float(min(shapely.distance(e.polygon, footprint) for e in edges))
+    off = float(np.min(shapely.distance(np.array([e.polygon for e in edges]), footprint)))
     if off > OFF_ROUTE:
         raise SceneError(
             "roadblock_ids",

@@ -93,6 +93,7 @@ class Layer:
     geoms: np.ndarray  # shapely geometries (object)
     columns: dict[str, list]
     srs_id: int | None
+    problems: list[str] = field(default_factory=list)  # rows left out, and why
 
     @property
     def ids(self) -> list[str]:
@@ -121,21 +122,30 @@ def read_layer(con: sqlite3.Connection, file: Path, table: str, columns: Sequenc
     select = ", ".join(_quote(c) for c in (fid_col, geom_col, *columns))
     rows = con.execute(f"SELECT {select} FROM {_quote(table)} ORDER BY {_quote(fid_col)}")
     rows = rows.fetchall()
-    fids = np.array([r[0] for r in rows], dtype=np.int64)
-    bodies = []
+    problems: list[str] = []  # rows without a usable geometry are left out
+
+    def drop(r, why: str) -> None:
+        problems.append(f"layer {table!r} record {r[0]!r} field {geom_col!r}: {why}")
+
+    kept, bodies = [], []
     for r in rows:
-        if r[1] is None:
-            raise MapError(file, "field 'geometry': missing", table, r[0])
         try:
+            if r[1] is None:
+                raise ValueError("missing")
             bodies.append(wkb_of_gpkg_blob(bytes(r[1])))
+            kept.append(r)
         except ValueError as e:
-            raise MapError(file, f"field {geom_col!r}: {e}", table, r[0]) from None
-    try:
-        geoms = shapely.force_2d(shapely.from_wkb(bodies)) if bodies else np.empty(0, object)
-    except shapely.errors.GEOSException as e:
-        raise MapError(file, f"field {geom_col!r}: unreadable WKB ({e})", table) from None
-    cols = {c: [r[2 + i] for r in rows] for i, c in enumerate(columns)}
-    return Layer(fids, np.asarray(geoms, dtype=object), cols, None if srs_id in (-1, 0) else srs_id)
+            drop(r, str(e))
+    geoms = shapely.from_wkb(bodies, on_invalid="ignore") if bodies else np.empty(0, object)
+    ok = np.array([g is not None for g in geoms], dtype=bool)
+    for r in (r for r, good in zip(kept, ok, strict=True) if not good):
+        drop(r, "unreadable WKB")
+    kept = [r for r, good in zip(kept, ok, strict=True) if good]
+    geoms = shapely.force_2d(np.asarray(geoms, dtype=object)[ok])
+    cols = {c: [r[2 + i] for r in kept] for i, c in enumerate(columns)}
+    fids = np.array([r[0] for r in kept], dtype=np.int64)
+    srs = None if srs_id in (-1, 0) else srs_id
+    return Layer(fids, np.asarray(geoms, dtype=object), cols, srs, problems)
 
 
 def _fid_column(con: sqlite3.Connection, table: str, have: set[str]) -> str:
@@ -259,7 +269,17 @@ class NuPlanMap:
         self.roadblocks: dict[str, Block] = {}
         self.roadblock_connectors: dict[str, Block] = {}
         self.crs = None
+        self.problems: list[str] = []  # records left out of the graph, and why
         self._load()
+        if self.problems:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: %d map records left out, e.g. %s",
+                self.path,
+                len(self.problems),
+                "; ".join(self.problems[:3]),
+            )
 
     # -- loading --
     def _load(self) -> None:
@@ -289,36 +309,39 @@ class NuPlanMap:
         self._build(layers)
 
     def _build(self, ly: dict[str, Layer]) -> None:
-        path = self.path
+        """Link the layers into the lane graph. A record that cannot be used (no baseline
+        path, no polygon, a link to a missing object) is left out and listed in `problems`,
+        as the devkit would fail only on using it."""
+        problems = self.problems
+        for layer in ly.values():
+            problems.extend(layer.problems)
+
+        def skip(layer: str, record, why: str) -> None:
+            problems.append(f"layer {layer!r} record {str(record)!r}: {why}")
+
         baselines: dict[tuple[int, str], np.ndarray] = {}
         bp = ly["baseline_paths"]
         for fid, g, lane, conn in zip(
-            bp.fids,
-            bp.geoms,
-            bp.columns["lane_fid"],
-            bp.columns["lane_connector_fid"],
+            bp.fids, bp.geoms, bp.columns["lane_fid"], bp.columns["lane_connector_fid"],
             strict=True,
-        ):
-            if lane is not None:
-                baselines[(LANE, _sid(lane))] = discrete_path(g)
+        ):  # fmt: skip
+            path = discrete_path(g)
+            if len(path) < 2:
+                skip("baseline_paths", fid, "fewer than 2 vertices")
+            elif lane is not None:
+                baselines[(LANE, _sid(lane))] = path
             elif conn is not None:
-                baselines[(LANE_CONNECTOR, _sid(conn))] = discrete_path(g)
+                baselines[(LANE_CONNECTOR, _sid(conn))] = path
             else:
-                raise MapError(
-                    path,
-                    "field 'lane_fid': both lane_fid and lane_connector_fid are empty",
-                    "baseline_paths",
-                    int(fid),
-                )
+                skip("baseline_paths", fid, "both lane_fid and lane_connector_fid are empty")
         conn_polys = {}
         cp = ly["gen_lane_connectors_scaled_width_polygons"]
         for g, c in zip(cp.geoms, cp.columns["lane_connector_fid"], strict=True):
             if c is not None:
                 conn_polys[_sid(c)] = g
 
-        for fid, g in zip(
-            ly["lane_groups_polygons"].fids, ly["lane_groups_polygons"].geoms, strict=True
-        ):
+        rb = ly["lane_groups_polygons"]
+        for fid, g in zip(rb.fids, rb.geoms, strict=True):
             self.roadblocks[str(fid)] = Block(str(fid), ROADBLOCK, g)
         rbc = ly["lane_group_connectors"]
         for fid, g in zip(rbc.fids, rbc.geoms, strict=True):
@@ -326,76 +349,44 @@ class NuPlanMap:
 
         la = ly["lanes_polygons"]
         for fid, g, group, limit in zip(
-            la.fids,
-            la.geoms,
-            la.columns["lane_group_fid"],
-            la.columns["speed_limit_mps"],
+            la.fids, la.geoms, la.columns["lane_group_fid"], la.columns["speed_limit_mps"],
             strict=True,
-        ):
+        ):  # fmt: skip
             lid = str(fid)
             base = baselines.get((LANE, lid))
-            if base is None or len(base) < 2:
-                raise MapError(
-                    path, "no baseline path (baseline_paths.lane_fid)", "lanes_polygons", lid
-                )
             block = self.roadblocks.get(_sid(group))
-            if block is None:
-                raise MapError(
-                    path,
-                    f"field 'lane_group_fid': roadblock {_sid(group)!r} not "
-                    "in lane_groups_polygons",
-                    "lanes_polygons",
-                    lid,
-                )
-            edge = Edge(lid, LANE, g, base, _limit(limit), block)
-            block.edges.append(edge)
-            self.lanes[lid] = edge
+            if base is None:
+                skip("lanes_polygons", lid, "no baseline path (baseline_paths.lane_fid)")
+            elif block is None:
+                skip("lanes_polygons", lid, f"field 'lane_group_fid': roadblock "
+                     f"{_sid(group)!r} not in lane_groups_polygons")  # fmt: skip
+            else:
+                edge = Edge(lid, LANE, g, base, _limit(limit), block)
+                block.edges.append(edge)
+                self.lanes[lid] = edge
 
         lc = ly["lane_connectors"]
         cols = lc.columns
         for fid, exit_, entry, group, limit in zip(
-            lc.fids,
-            cols["exit_lane_fid"],
-            cols["entry_lane_fid"],
-            cols["lane_group_connector_fid"],
-            cols["speed_limit_mps"],
-            strict=True,
-        ):
+            lc.fids, cols["exit_lane_fid"], cols["entry_lane_fid"],
+            cols["lane_group_connector_fid"], cols["speed_limit_mps"], strict=True,
+        ):  # fmt: skip
             cid = str(fid)
-            base = baselines.get((LANE_CONNECTOR, cid))
-            if base is None or len(base) < 2:
-                raise MapError(
-                    path,
-                    "no baseline path (baseline_paths.lane_connector_fid)",
-                    "lane_connectors",
-                    cid,
-                )
-            poly = conn_polys.get(cid)
-            if poly is None:
-                raise MapError(
-                    path,
-                    "no polygon in gen_lane_connectors_scaled_width_polygons",
-                    "lane_connectors",
-                    cid,
-                )
+            base, poly = baselines.get((LANE_CONNECTOR, cid)), conn_polys.get(cid)
             block = self.roadblock_connectors.get(_sid(group))
-            if block is None:
-                raise MapError(
-                    path,
-                    f"field 'lane_group_connector_fid': {_sid(group)!r} not in "
-                    "lane_group_connectors",
-                    "lane_connectors",
-                    cid,
-                )
             src, dst = self.lanes.get(_sid(exit_)), self.lanes.get(_sid(entry))
-            for name, lane, v in (("exit_lane_fid", src, exit_), ("entry_lane_fid", dst, entry)):
-                if lane is None:
-                    raise MapError(
-                        path,
-                        f"field {name!r}: lane {_sid(v)!r} not in lanes_polygons",
-                        "lane_connectors",
-                        cid,
-                    )
+            checks = (
+                (base, "no baseline path (baseline_paths.lane_connector_fid)"),
+                (poly, "no polygon in gen_lane_connectors_scaled_width_polygons"),
+                (block, f"field 'lane_group_connector_fid': {_sid(group)!r} not in "
+                 "lane_group_connectors"),
+                (src, f"field 'exit_lane_fid': lane {_sid(exit_)!r} not in lanes_polygons"),
+                (dst, f"field 'entry_lane_fid': lane {_sid(entry)!r} not in lanes_polygons"),
+            )  # fmt: skip
+            why = next((msg for obj, msg in checks if obj is None), None)
+            if why is not None:
+                skip("lane_connectors", cid, why)
+                continue
             edge = Edge(cid, LANE_CONNECTOR, poly, base, _limit(limit), block)
             block.edges.append(edge)
             self.connectors[cid] = edge
@@ -409,15 +400,12 @@ class NuPlanMap:
             rbc.fids, cols["from_lane_group_fid"], cols["to_lane_group_fid"], strict=True
         ):
             conn = self.roadblock_connectors[str(fid)]
-            for name, v in (("from_lane_group_fid", a), ("to_lane_group_fid", b)):
-                if self.roadblocks.get(_sid(v)) is None:
-                    raise MapError(
-                        path,
-                        f"field {name!r}: roadblock {_sid(v)!r} not in lane_groups_polygons",
-                        "lane_group_connectors",
-                        str(fid),
-                    )
-            src, dst = self.roadblocks[_sid(a)], self.roadblocks[_sid(b)]
+            src, dst = self.roadblocks.get(_sid(a)), self.roadblocks.get(_sid(b))
+            if src is None or dst is None:
+                name, v = ("from_lane_group_fid", a) if src is None else ("to_lane_group_fid", b)
+                skip("lane_group_connectors", fid, f"field {name!r}: roadblock {_sid(v)!r} not "
+                     "in lane_groups_polygons (its links are left out)")  # fmt: skip
+                continue
             src.outgoing.append(conn)
             conn.incoming.append(src)
             conn.outgoing.append(dst)
