@@ -131,11 +131,14 @@ def test_polygon_index_equals_shapely_contains_xy():
     pts = rng.uniform(-40, 220, (4000, 2))
     verts = shapely.get_coordinates(polys)
     pts = np.concatenate([pts, verts, (verts[:-1] + verts[1:]) / 2, [[0.25, 0.0], [1.0, 0.0]]])
-    pt, pl = idx.query(pts[:, 0], pts[:, 1])
-    got = np.zeros((len(polys), len(pts)), bool)
-    got[pl, pt] = True
     want = shapely.contains_xy(polys[:, None], pts[None, :, 0], pts[None, :, 1])
-    assert (got == want).all() and want.sum() > 200
+    assert want.sum() > 200
+    for grid in (False, False, True, True):  # direct queries first, then the grid
+        pt, pl = idx.query(pts[:, 0], pts[:, 1])
+        assert idx.grid_built == grid
+        got = np.zeros((len(polys), len(pts)), bool)
+        got[pl, pt] = True
+        assert (got == want).all()
 
 
 # --- metrics, worked examples ------------------------------------------------------------------

@@ -14,7 +14,9 @@ state is the scorer's most expensive step, so each metric cache gets this index 
   tested exactly against the polygons whose bounding boxes hold them.
 
 So answers equal `shapely.contains_xy` on every polygon, point by point; only the work
-differs.
+differs. The grid costs tens of milliseconds to build, so the first `DIRECT_QUERIES` queries
+(all a cache sees while it is being built) go straight to shapely through an STRtree, and
+the grid is built on the next one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shapely
 CELL = 0.25  # m
 WINDOW = (-40.0, -60.0, 140.0, 60.0)  # m, ego frame: the grid covers at most this box
 INSIDE, BOUNDARY = 1, 2
+DIRECT_QUERIES = 2
 
 
 class PolygonIndex:
@@ -42,12 +45,28 @@ class PolygonIndex:
         if m:
             shapely.prepare(self.polygons)
             bounds = shapely.bounds(self.polygons)
+        else:
+            bounds = np.zeros((0, 4))
+        self.bounds = bounds
+        self.window = window
+        self.queries = 0
+        self.grid_built = False
+        self.tree = shapely.STRtree(self.polygons) if m else None
+
+    def build(self) -> PolygonIndex:
+        """Build the grid now (otherwise on the first query after DIRECT_QUERIES)."""
+        if not self.grid_built:
+            self._build_grid()
+        return self
+
+    def _build_grid(self) -> None:
+        m = len(self.polygons)
+        bounds, window = self.bounds, self.window
+        if m:
             lo = np.maximum(bounds[:, :2].min(0), window[:2])
             hi = np.minimum(bounds[:, 2:].max(0), window[2:])
         else:
-            bounds = np.zeros((0, 4))
             lo = hi = np.zeros(2)
-        self.bounds = bounds
         self.origin = np.floor(lo / self.cell) * self.cell
         self.shape = tuple(np.maximum(np.ceil((hi - self.origin) / self.cell), 1).astype(int))
         cells, polys, status = [], [], []
@@ -63,6 +82,7 @@ class PolygonIndex:
         n_cells = self.shape[0] * self.shape[1]
         counts = np.bincount(cells, minlength=n_cells)
         self.cell_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.grid_built = True
 
     # --- build -------------------------------------------------------------------------
     def _cell_range(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,12 +139,24 @@ class PolygonIndex:
         return flat.astype(np.int64), status[gx, gy]
 
     # --- query -------------------------------------------------------------------------
+    def _direct(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact answers through the STRtree (bounding boxes) and `contains_xy`."""
+        pt, poly = self.tree.query(shapely.points(x, y))
+        hit = shapely.contains_xy(self.polygons[poly], x[pt], y[pt])
+        order = np.lexsort((poly[hit], pt[hit]))
+        return pt[hit][order].astype(np.int64), poly[hit][order].astype(np.int64)
+
     def query(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(point index, polygon index) of every polygon strictly containing a point."""
         x = np.asarray(x, dtype=np.float64).ravel()
         y = np.asarray(y, dtype=np.float64).ravel()
         if not len(self.polygons) or not len(x):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.queries += 1
+        if not self.grid_built:
+            if self.queries <= DIRECT_QUERIES:
+                return self._direct(x, y)
+            self._build_grid()
         fx = (x - self.origin[0]) / self.cell
         fy = (y - self.origin[1]) / self.cell
         on = (fx >= 0) & (fx < self.shape[0]) & (fy >= 0) & (fy < self.shape[1])

@@ -289,7 +289,11 @@ def driving_direction_compliance(coords: np.ndarray, areas: EgoAreas) -> np.ndar
 # --- step 5: ego progress --------------------------------------------------------------------
 def ego_progress(centerline: shapely.LineString, coords: np.ndarray) -> np.ndarray:
     """Raw progress (m, >= 0) of the box centre along the route centerline, start to end."""
-    start = shapely.line_locate_point(centerline, shapely.points(coords[:, 0, CENTER]))
+    first = coords[:, 0, CENTER]
+    if (first == first[0]).all():  # every plan starts at the logged ego state
+        start = shapely.line_locate_point(centerline, shapely.points(first[0]))
+    else:
+        start = shapely.line_locate_point(centerline, shapely.points(first))
     end = shapely.line_locate_point(centerline, shapely.points(coords[:, -1, CENTER]))
     return np.maximum(end - start, 0.0)
 

@@ -102,13 +102,18 @@ class PlannerObservation:
     scoring: M.Observation
 
 
+def _ego_box(pose: np.ndarray) -> np.ndarray:
+    """Ego boxes (..., 5) (centre, heading, length, width) at rear-axle poses (..., 3)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
+    return np.stack([
+        pose[..., 0] + REAR_AXLE_TO_CENTER * c, pose[..., 1] + REAR_AXLE_TO_CENTER * s,
+        pose[..., 2], np.full(c.shape, EGO_LENGTH), np.full(c.shape, EGO_WIDTH),
+    ], -1)  # fmt: skip
+
+
 def _ego_polygon(pose: np.ndarray) -> shapely.Polygon:
-    box = np.array([
-        pose[0] + REAR_AXLE_TO_CENTER * np.cos(pose[2]),
-        pose[1] + REAR_AXLE_TO_CENTER * np.sin(pose[2]),
-        pose[2], EGO_LENGTH, EGO_WIDTH,
-    ])  # fmt: skip
-    return shapely.Polygon(M.box_corners(box))
+    return shapely.Polygon(M.box_corners(_ego_box(pose)))
 
 
 def select_detections(det: Detections) -> np.ndarray:
@@ -221,9 +226,8 @@ def _idm_step(x, v, lead, target):
     x_lead, v_lead, rear = lead[:, 0], lead[:, 1], lead[:, 2]
     s_star = MIN_GAP + v * HEADWAY + v * (v - v_lead) / (2 * np.sqrt(ACCEL_MAX * DECEL_MAX))
     s_alpha = np.maximum(x_lead - x - rear, MIN_GAP)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        acc = ACCEL_MAX * (1 - (v / target) ** IDM_EXPONENT - (s_star / s_alpha) ** 2)
-    acc = np.clip(acc, -DECEL_MAX, ACCEL_MAX)
+    acc = ACCEL_MAX * (1 - (v / target) ** IDM_EXPONENT - (s_star / s_alpha) ** 2)
+    acc = np.minimum(np.maximum(acc, -DECEL_MAX), ACCEL_MAX)  # targets > 0, gaps >= 1 m
     return x + DT * v, v + DT * acc
 
 
@@ -253,18 +257,24 @@ class _Unroller:
         hit = shapely.intersects(self.corridor, polys) if len(polys) else np.zeros(0, bool)
         hit &= ~self.obs.ignored
         cand = np.nonzero(hit)[0]
-        prog = self.path.project(self.obs.centroid[t, cand]) if len(cand) else np.zeros(0)
-        for r in rows:
-            ego_s = self.x[r, t - 1]
-            ahead = cand[prog > ego_s]
-            if len(ahead):
-                pose = self.poses[r, t - 1]
-                d = shapely.distance(_ego_polygon(pose), polys[ahead])
-                j = int(np.argmin(d))
-                rel = normalize_angle(self.obs.heading[ahead[j]] - pose[2])
-                self.lead[r, t] = (ego_s + d[j], self.obs.leader_speed[ahead[j]] * np.cos(rel), 0)
-            else:
-                self.lead[r, t] = (self.path.length, 0.0, HALF_LENGTH)
+        free = np.array([self.path.length, 0.0, HALF_LENGTH])
+        if not len(cand):
+            self.lead[rows, t] = free
+            return
+        prog = self.path.project(self.obs.centroid[t, cand])
+        ego_s = self.x[rows, t - 1]
+        ahead = prog[None, :] > ego_s[:, None]  # (rows, candidates)
+        poses = self.poses[rows, t - 1]
+        ego = shapely.polygons(M.box_corners(_ego_box(poses)))
+        d = shapely.distance(ego[:, None], polys[cand][None, :])
+        d = np.where(ahead, d, np.inf)
+        j = np.argmin(d, axis=1)
+        r = np.arange(len(rows))
+        some = ahead.any(1)
+        rel = normalize_angle(self.obs.heading[cand[j]] - poses[:, 2])
+        lead = np.stack([ego_s + d[r, j], self.obs.leader_speed[cand[j]] * np.cos(rel),
+                         np.zeros(len(rows))], -1)  # fmt: skip
+        self.lead[rows, t] = np.where(some[:, None], lead, free)
 
     def run(self, rows: np.ndarray, t0: int, t1: int) -> None:
         """Advance `rows` through steps t0 .. t1 - 1."""

@@ -143,6 +143,46 @@ def _curvature_terms(curvature: np.ndarray) -> tuple[np.ndarray, ...]:
     return k0, k1, g_aa, g_ab, g_bb
 
 
+def _lateral_quadratics(v_ref, k0, k1, g_aa, g_ab, g_bb, long_gain) -> np.ndarray:
+    """Per step k and plan: coefficients (T, 3, 6, N) of Q = c0 + c1 v + c2 v^2 for the six
+    quantities the lateral LQR needs, in terms of the current speed v (N, T arrays in).
+
+    Over the horizon the speed is v_j = v + b j with b = cmd dt = -g dt (v - v_ref[k]) (the
+    longitudinal LQR), so with the unit upper-triangular step matrices of the linearised
+    lateral dynamics, S_j = [[1, v_j dt, 0], [0, 1, v_j dt / L], [0, 0, 1]]:
+      sa  = sum_j v_j dt                       (A[0, 1]; A[1, 2] = sa / L)
+      sab = dt^2 / L sum_{i > j} v_i v_j       (A[0, 2])
+      b0  = dt^3 / L sum_{i > j} j v_i v_j     (B[0]),  b1 = dt^2 / L sum_j j v_j  (B[1])
+      g0  = -dt^2 sum_m v_m k_m sum_{i > m} v_i, g1 = -dt sum_m v_m k_m           (g)
+    (k the curvature along the horizon). Stopping steps override the command separately.
+    """
+    hc = _horizon_constants()
+    s1, s2 = hc["s1"], hc["s2"]
+    dt, L = DT, WHEELBASE
+    n, t = v_ref.shape
+    b1v = -long_gain * dt  # b = b1v v + b0v
+    b0v = long_gain * dt * v_ref.T  # (T, N)
+    # each quantity as cvv v^2 + cvb v b + cbb b^2 + cv v + cb b
+    zero = np.zeros((t, n))
+    sab = np.array([HORIZON * HORIZON - HORIZON, 2 * HORIZON * s1 - 2 * s1, s1 * s1 - s2])
+    sab = sab * dt * dt / L * 0.5  # sum_{i > j} v_i v_j = ((sum v)^2 - sum v^2) / 2
+    b0 = np.array([hc["c_aa"], hc["c_ab"], hc["c_bb"]]) * dt**3 / L
+    terms = [  # (cvv, cvb, cbb, cv, cb)
+        (0.0, 0.0, 0.0, dt * HORIZON, dt * s1),
+        (*sab, 0.0, 0.0),
+        (*b0, 0.0, 0.0),
+        (0.0, 0.0, 0.0, s1 * dt * dt / L, s2 * dt * dt / L),
+        (-dt * dt * g_aa.T, -dt * dt * g_ab.T, -dt * dt * g_bb.T, 0.0, 0.0),
+        (0.0, 0.0, 0.0, -dt * k0.T, -dt * k1.T),
+    ]
+    out = np.empty((t, 3, 6, n))
+    for q, (cvv, cvb, cbb, cv, cb) in enumerate(terms):
+        out[:, 2, q] = zero + cvv + cvb * b1v + cbb * b1v * b1v
+        out[:, 1, q] = zero + cvb * b0v + 2 * cbb * b1v * b0v + cv + cb * b1v
+        out[:, 0, q] = zero + cbb * b0v * b0v + cb * b0v
+    return out
+
+
 def initial_state(ego: np.ndarray, n: int, steer: np.ndarray | float = 0.0) -> np.ndarray:
     """(n, 8) start states from the cache's ego (7,) = x, y, heading, vx, vy, ax, ay."""
     ego = np.asarray(ego, dtype=np.float64)
@@ -167,73 +207,53 @@ def simulate(reference: np.ndarray, start: np.ndarray, steps: int | None = None)
     t = v_prof.shape[1]
     v_ref = v_prof[:, np.minimum(np.arange(t) + HORIZON, t - 1)]  # (N, T) per step
     k0, k1, g_aa, g_ab, g_bb = _curvature_terms(curv)
-    hc = _horizon_constants()
-    s1, s2 = hc["s1"], hc["s2"]
-    dt, L = DT, WHEELBASE
-    # per-step inputs, time-major so each step reads contiguous rows; the polynomial
-    # coefficients of the lateral LQR are folded into per-step constants here
+    dt = DT
+    long_gain = Q_LONG * HORIZON * dt / (HORIZON * dt * Q_LONG * HORIZON * dt + R_LONG)
+    # The lateral LQR needs six sums over the horizon (see `_lateral_quadratics`); with the
+    # longitudinal command linear in the speed they are quadratics in the current speed v,
+    # whose coefficients depend only on the reference: computed for all steps up front.
+    coef = _lateral_quadratics(v_ref, k0, k1, g_aa, g_ab, g_bb, long_gain)  # (T, 3, 6, N)
     rh = ref[:, :, 2].T
-    sin_r, cos_r = np.sin(rh), np.cos(rh)
-    e0_off = ref[:, :, 0].T * sin_r - ref[:, :, 1].T * cos_r
+    rot = np.exp(-1j * rh)  # multiplying a position by it turns it into the reference frame
+    e0_off = -(ref[:, :, 0].T + 1j * ref[:, :, 1].T) * rot
+    e0_off = e0_off.imag
     v_ref = v_ref.T.copy()
     may_stop = (v_ref <= STOPPING_VELOCITY).any(1)
-    # with b = cmd dt: sums over the horizon of v_j = v + b j
-    sab_c = np.array([HORIZON * HORIZON - HORIZON, 2 * HORIZON * s1 - 2 * s1, s1 * s1 - s2])
-    sab_c *= dt * dt / L * 0.5  # sum_{i > j} v_i v_j = ((sum v)^2 - sum v^2) / 2
-    b0_c = np.array([hc["c_aa"], hc["c_ab"], hc["c_bb"]]) * dt**3 / L
-    b1_a, b1_b = s1 * dt * dt / L, s2 * dt * dt / L
-    g1_a, g1_b = -dt * k0.T, -dt * dt * k1.T  # g1 = g1_a v + g1_b cmd
-    g0_aa, g0_ab, g0_bb = -dt * dt * g_aa.T, -dt * dt * g_ab.T, -dt * dt * g_bb.T
     out = np.empty((steps + 1, N_STATE, n))
     out[0] = start.T
     out[1:, VY] = 0.0
     out[1:, AY] = 0.0
-    x, y, h = start[:, X].copy(), start[:, Y].copy(), start[:, HEADING].copy()
-    v, acc, steer = start[:, VX].copy(), start[:, AX].copy(), start[:, STEER].copy()
-    long_gain = Q_LONG * HORIZON * dt / (HORIZON * dt * Q_LONG * HORIZON * dt + R_LONG)
+    pos = start[:, X] + 1j * start[:, Y]
+    h, v = start[:, HEADING].copy(), start[:, VX].copy()
+    acc, steer = start[:, AX].copy(), start[:, STEER].copy()
     acc_f = dt / (dt + ACCEL_TAU)
     steer_f = dt * dt / (dt + STEER_TAU)  # steering-rate command to steering change
-    sa_v, sa_b = dt * HORIZON, dt * s1
     q1 = Q_LAT[1] / Q_LAT[0]  # Q_LAT[0] == 1 and R_LAT == 1 scale out below
     two_pi, pi = 2.0 * np.pi, np.pi
     for k in range(steps):
-        dv = v - v_ref[k]
+        cmd = -long_gain * (v - v_ref[k])
         stop = None
         if may_stop[k]:
             stop = (v_ref[k] <= STOPPING_VELOCITY) & (v <= STOPPING_VELOCITY)
-            cmd = np.where(stop, -STOPPING_GAIN, -long_gain) * dv
-        else:
-            cmd = -long_gain * dv
-        # lateral error state against reference pose k (angles wrapped to [-pi, pi))
-        e0 = y * cos_r[k] - x * sin_r[k] + e0_off[k]
-        e1 = h - rh[k]
-        if np.abs(e1).max() > pi:  # headings near +-pi: wrap (rarely needed)
-            e1 = (e1 + pi) % two_pi - pi
-        b = cmd * dt
-        vv, vb, bb = v * v, v * b, b * b
-        sa = sa_v * v + sa_b * b
-        sab = sab_c[0] * vv + sab_c[1] * vb + sab_c[2] * bb
-        b0 = b0_c[0] * vv + b0_c[1] * vb + b0_c[2] * bb
-        b1 = b1_a * v + b1_b * b
-        g0 = g0_aa[k] * vv + g0_ab[k] * vb + g0_bb[k] * bb
+            cmd[stop] = -STOPPING_GAIN * (v[stop] - v_ref[k][stop])
+        # lateral error state against reference pose k (heading error wrapped to [-pi, pi))
+        e0 = (pos * rot[k]).imag + e0_off[k]
+        e1 = (h - rh[k] + pi) % two_pi - pi
+        c0, c1, c2 = coef[k]
+        sa, sab, b0, b1, g0, g1 = c0 + v * (c1 + v * c2)
         z0 = e0 + sa * e1 + sab * steer + g0
-        z1 = e1 + (sa / L) * steer + g1_a[k] * v + g1_b[k] * cmd
-        if np.abs(z1).max() > pi:
-            z1 = (z1 + pi) % two_pi - pi
+        z1 = (e1 + sa * (steer / WHEELBASE) + g1 + pi) % two_pi - pi
         u = (b0 * z0 + q1 * b1 * z1) / (b0 * b0 + q1 * b1 * b1 + R_LAT)
         if stop is not None:
             u[stop] = 0.0
         # kinematic bicycle: lags, then forward Euler with the previous speed and steering
         acc += acc_f * (cmd - acc)
         vdt = v * dt
-        x = x + vdt * np.cos(h)
-        y = y + vdt * np.sin(h)
-        h = h + vdt * np.tan(steer) / L
-        if np.abs(h).max() > pi:
-            h = (h + pi) % two_pi - pi
+        pos = pos + vdt * np.exp(1j * h)
+        h = (h + vdt * np.tan(steer) / WHEELBASE + pi) % two_pi - pi
         v = v + acc * dt
         steer = np.minimum(np.maximum(steer - steer_f * u, -MAX_STEER), MAX_STEER)
         row = out[k + 1]
-        row[X], row[Y], row[HEADING], row[VX] = x, y, h, v
-        row[AX], row[STEER] = acc, steer
+        row[X], row[Y], row[HEADING] = pos.real, pos.imag, h
+        row[VX], row[AX], row[STEER] = v, acc, steer
     return out.transpose(2, 0, 1)
