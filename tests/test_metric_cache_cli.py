@@ -111,6 +111,9 @@ def test_bad_input_is_one_line_or_a_counted_skip(tmp_path):
     r = cli(tmp_path)
     assert r.exit_code == 1 and not isinstance(r.exception, ValueError)
     assert has(r.output, F.LOG, good[4]["token"], "'roadblock_ids'", "'4242' is neither")
+    # the scene cached before the bad one is kept and referenced
+    got = {s.meta["scene_token"]: s.scoring for s in load_samples(data)}
+    assert got[good[3]["token"]] is not None and got[good[4]["token"]] is None
     r = cli(tmp_path, "--skip-bad")
     assert r.exit_code == 0, r.output
     assert has(r.output, "skipped: route id N is neither a roadblock nor a roadblock connector")

@@ -301,6 +301,10 @@ def metric_cache_navsim(
         )
         updated = attach_caches(data)
     except ConvertError as e:
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # caches built so far stay referenced
+            attach_caches(data)
         raise fail(f"{e}\n(use --skip-bad to skip bad scenes and go on)") from None
     except (FileNotFoundError, ValueError, ManifestError) as e:
         raise fail(str(e)) from None
