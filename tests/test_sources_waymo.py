@@ -136,9 +136,7 @@ def test_history_frames_from_a_shuffled_segment_across_files(tmp_path: Path, rec
     out = tmp_path / "out"
     summary = convert([a, b], out)
     assert summary.written == (N_FRAMES - FIRST_WITH_HISTORY) + (8 - 3)
-    by_ts = {
-        (x.meta["context_name"], x.meta["timestamp_micros"]): x for x in load_samples(out)
-    }
+    by_ts = {(x.meta["context_name"], x.meta["timestamp_micros"]): x for x in load_samples(out)}
     for i in range(FIRST_WITH_HISTORY, N_FRAMES):
         s = by_ts[("seg_abc", T0 + STEP_US * i)]
         assert s.num_frames == 4
