@@ -52,8 +52,10 @@ CLASSES = {
 
 def load_log(path: Path, trust_pickles: bool = False) -> list[dict]:
     try:
-        with open(path, "rb") as f:
-            frames = pickle.load(f) if trust_pickles else safe_pickle.load(f)
+        # from bytes, not the file: a length prefix in a corrupt pickle cannot make the
+        # unpickler allocate more than the file holds
+        raw = path.read_bytes()
+        frames = pickle.loads(raw) if trust_pickles else safe_pickle.load(raw)
     except (
         pickle.UnpicklingError,
         EOFError,
@@ -74,6 +76,11 @@ def load_log(path: Path, trust_pickles: bool = False) -> list[dict]:
 def _token(frame: dict) -> str | None:
     token = frame.get("token")
     return None if token is None else str(token)[:200]
+
+
+def _has_roadblocks(frame: dict) -> bool:
+    rb = frame.get("roadblock_ids")
+    return isinstance(rb, (list, tuple, np.ndarray)) and len(rb) > 0
 
 
 def _pose(frame: dict, path: Path) -> np.ndarray:
@@ -136,7 +143,7 @@ class NavsimConverter:
         for start in range(0, len(frames) - n + 1, self.stride):
             window = frames[start : start + n]
             cur = window[HISTORY - 1]
-            if self.require_roadblocks and not cur.get("roadblock_ids"):
+            if self.require_roadblocks and not _has_roadblocks(cur):
                 yield Filtered("no roadblock ids")
                 continue
             try:

@@ -220,8 +220,12 @@ def save_resized(data: bytes, dest: Path, size: tuple[int, int]) -> None:
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        small = im.convert("RGB").resize(size, Image.BILINEAR)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            small = im.convert("RGB").resize(size, Image.BILINEAR)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        # a ValueError: the converter's record_errors names the file and record
+        raise ValueError(f"image does not decode: {e}") from None
     with atomic_path(dest) as tmp:
         small.save(tmp, format="JPEG", quality=92)
 
