@@ -1,10 +1,15 @@
-"""`autovla data ...`: validate and describe datasets (converters register here too)."""
+"""`autovla data ...`: validate and describe datasets (converters register here too).
+
+Text that comes from data (paths, ids, category names) is printed without rich markup: an id
+like `[red]` or `a[/b]` is shown as written, never interpreted or crashing the printer.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from autovla.cli.common import console, fail, table
 
@@ -44,10 +49,11 @@ def stats(path: Path = typer.Argument(..., help="Dataset directory or manifest f
         st = dataset_stats(path)
     except (FileNotFoundError, ManifestError) as e:
         raise fail(str(e)) from None
-    console.print(f"{st.total} samples in {path}")
+    typer.echo(f"{st.total} samples in {path}")
     for cat in CATEGORIES:
         rows = [
-            (k, n, f"{100 * n / max(st.total, 1):.1f}%") for k, n in st.counts[cat].most_common()
+            (escape(k), n, f"{100 * n / max(st.total, 1):.1f}%")
+            for k, n in st.counts[cat].most_common()
         ]
         console.print(table(cat, [cat, "count", "share"], rows))
     for name, values, unit in (
@@ -112,8 +118,8 @@ def _run_convert(make, out: Path, workers: int, shard, skip_bad: bool, copy, siz
         ("units already done", summary.units_resumed),
         ("samples written", summary.written),
     ]
-    rows += [(f"skipped: {why}", n) for why, n in summary.skipped.most_common()]
-    console.print(table(f"{desc} -> {out}", ["", "count"], rows))
+    rows += [(escape(f"skipped: {why}"), n) for why, n in summary.skipped.most_common()]
+    console.print(table(escape(f"{desc} -> {out}"), ["", "count"], rows))
     for ex in summary.examples[:5]:
         typer.echo(f"  e.g. {ex}")
 
@@ -128,7 +134,11 @@ def navsim(
     ),
     sensor_blobs: Path = typer.Option(..., "--sensor-blobs", help="sensor_blobs/ directory."),
     out: Path = typer.Option(..., "--out", help="Output dataset directory."),
-    split: str = typer.Option("trainval", "--split", help="Split name written to the samples."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Split name written to the samples (default: the logs' folder, navsim_logs/<split>/).",
+    ),
     stride: int = typer.Option(
         14, "--stride", help="Frames between scene starts (14: no overlap)."
     ),
@@ -175,6 +185,12 @@ def nuscenes(
         None, "--can-bus", help="CAN-bus expansion dir (default: <dataroot>/can_bus if present)."
     ),
     drivelm: Path | None = typer.Option(None, "--drivelm", help="DriveLM-nuScenes QA JSON."),
+    instruction_rule: str = typer.Option(
+        "reference",
+        "--instruction-rule",
+        help="reference: lateral offset 8 s ahead (AutoVLA's preprocessing, the default); "
+        "uniad: offset at 3 s (UniAD / ST-P3).",
+    ),
     workers: int = _WORKERS,
     shard: str | None = _SHARD,
     skip_bad: bool = _SKIP_BAD,
@@ -187,7 +203,14 @@ def nuscenes(
 
     def make(images):
         return NuScenesConverter(
-            dataroot, version, out, split=split, can_bus=can_bus, drivelm=drivelm, images=images
+            dataroot,
+            version,
+            out,
+            split=split,
+            can_bus=can_bus,
+            drivelm=drivelm,
+            images=images,
+            instruction_rule=instruction_rule,
         )
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "nuscenes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
 
@@ -60,7 +61,7 @@ def plan(
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     console.print(
-        f"sample [bold]{sample.id}[/] ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
+        f"sample [bold]{escape(sample.id)}[/] ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
         f"mode [bold]{res.mode}[/], {res.num_generated_tokens} tokens generated, "
         f"{1000 * res.timings['total']:.0f} ms"
     )
@@ -74,17 +75,19 @@ def plan(
     cols = ["t (s)", "token", "x", "y", "heading"] + (["error (m)"] if truth is not None else [])
     console.print(table("plan", cols, rows))
     if res.reasoning:
-        console.print("[bold]reasoning[/]\n" + res.reasoning, highlight=False)
+        console.print("[bold]reasoning[/]\n" + escape(res.reasoning), highlight=False)
     if out is not None:
         from autovla.model.visualize import save_plan_png
+        from autovla.paths import inside, safe_name
 
         out.mkdir(parents=True, exist_ok=True)
+        stem = safe_name(f"plan_{sample.id}")  # ids come from data: never a path out of --out
         png = save_plan_png(
-            out / f"plan_{sample.id}.png", sample, root, res.trajectory,
+            inside(out, f"{stem}.png"), sample, root, res.trajectory,
             title=f"{sample.id}: {res.mode} plan",
         )  # fmt: skip
         write_json(
-            out / f"plan_{sample.id}.json",
+            inside(out, f"{stem}.json"),
             {
                 "id": sample.id,
                 "mode": res.mode,
@@ -96,7 +99,7 @@ def plan(
                 "timings": res.timings,
             },
         )
-        console.print(f"wrote {png}")
+        typer.echo(f"wrote {png}")
 
 
 def _pick(samples, index: int, sample_id: str | None):

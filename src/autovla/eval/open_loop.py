@@ -101,6 +101,7 @@ def sample_row(
     scorer: Callable | None = None,
     rfs: Callable | None = None,
     require_scoring: bool = False,
+    collision_convention: str = "uniad",
 ) -> dict:
     """Every per-sample number for one plan (the sample carries its ground truth).
 
@@ -131,8 +132,10 @@ def sample_row(
         row["ade"] = float(err.mean())
         row["fde"] = float(err[0, -1])
         row["ade_3s"] = float(err[0, :6].mean())
-        if M.has_object_futures(s.scene):
-            col = M.bev_collision(traj, gt, s.scene, COLLISION_STEPS)[None].astype(float)
+        if M.collision_applies(s.scene, collision_convention):
+            col = M.bev_collision(traj, gt, s.scene, COLLISION_STEPS, collision_convention)[
+                None
+            ].astype(float)
             for conv in M.CONVENTIONS:
                 for t, v in M.at_horizons(col, conv).items():
                     row[f"col_{conv}_{t:g}s"] = float(v[0])

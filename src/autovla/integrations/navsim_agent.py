@@ -21,6 +21,7 @@ import numpy as np
 
 from autovla.data.schema import DrivingSample, EgoState, round_poses
 from autovla.geometry import to_local
+from autovla.paths import inside, safe_name
 
 try:  # the devkit is optional: it is not on PyPI (see docs/navsim.md)
     from navsim.agents.abstract_agent import AbstractAgent
@@ -42,6 +43,7 @@ def sample_from_agent_input(agent_input: Any, root: Path, token: str = "navsim")
     """The planner's view of a NAVSIM AgentInput; images are written under `root`."""
     from PIL import Image
 
+    token = safe_name(token)  # a file-name component: never a path out of `root`
     statuses = list(agent_input.ego_statuses)[-HISTORY_FRAMES:]
     poses = np.stack([np.asarray(s.ego_pose, dtype=np.float64) for s in statuses])
     history = to_local(poses, poses[-1])  # the last is now: (0, 0, 0)
@@ -59,8 +61,9 @@ def sample_from_agent_input(agent_input: Any, root: Path, token: str = "navsim")
                 raise ValueError(f"AgentInput frame {t} has no {attr} image: enable it in the "
                                  "sensor config")  # fmt: skip
             rel = f"{token}/{name}_{t}.jpg"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(root / rel, quality=95)
+            dest = inside(root, rel, "image path")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(dest, quality=95)
             cameras[name].append(rel)
     return DrivingSample(
         id=f"navsim-{token}",
