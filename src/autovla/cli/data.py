@@ -31,7 +31,7 @@ def validate(
     if errors:
         bad = len({(e.file, e.line) for e in errors})
         raise fail(f"{len(errors)} errors in {bad} records ({valid} records valid)")
-    console.print(f"[green]ok[/]: {valid} records valid")
+    console.print(f"ok: {valid} records valid")
 
 
 @app.command()

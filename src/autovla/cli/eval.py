@@ -91,7 +91,7 @@ def open_loop(
         raise fail(f"no valid plans in {out}; first error: {first}")
     if o.get("n_scoring_errors"):
         console.print(
-            f"[yellow]warning:[/] {o['n_scoring_errors']} samples could not be scored "
+            f"warning: {o['n_scoring_errors']} samples could not be scored "
             f"(see scoring_error in {out / 'samples.jsonl'})"
         )
     keys = [
