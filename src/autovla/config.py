@@ -163,6 +163,8 @@ def _read_yaml_with_inherit(path: Path, seen: tuple[Path, ...] = ()) -> dict[str
     if parent is not None and not isinstance(parent, str):
         raise ConfigError(f"{path}: inherit must be a file name, got {short_repr(parent)}")
     if parent is not None:
+        if not (path.parent / parent).is_file():
+            raise ConfigError(f"{path}: inherit {parent!r}: no such file {path.parent / parent}")
         base = _read_yaml_with_inherit(path.parent / parent, (*seen, path.resolve()))
         data = deep_merge(base, data)
     return data

@@ -27,7 +27,13 @@ from autovla.model.backbone import (
     load_pretrained,
     resolve_pretrained,
 )
-from autovla.model.directory import CODEBOOK_FILE, INFO_FILE, CheckpointError, check_model_dir
+from autovla.model.directory import (
+    CODEBOOK_FILE,
+    INFO_FILE,
+    CheckpointError,
+    check_loaded,
+    check_model_dir,
+)
 from autovla.model.prompts import PromptFormat, load_format
 
 DIR_FORMAT_VERSION = 1
@@ -135,6 +141,7 @@ class AutoVLA:
             raise CheckpointError(
                 f"{d}: transformers cannot load it: {type(e).__name__}: {e}"
             ) from e
+        check_loaded(model, processor, d)
         model.to(device)
         vla = cls(model, processor, codebook, fmt_obj, int(info["action_token_start"]), info)
         check_action_tokens(vla, where=str(d))

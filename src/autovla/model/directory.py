@@ -147,11 +147,71 @@ def config_parameters(config: dict[str, Any], path: Path) -> int:
     frames = _small_int(vc, "temporal_patch_size", 2, f"{where} vision_config")
     channels = _small_int(vc, "in_channels", 3, f"{where} vision_config")
     merge = _small_int(vc, "spatial_merge_size", 2, f"{where} vision_config")
+    _check_rope(tc, hd, where)
+    window = vc.get("window_size", 112)
+    if not isinstance(window, int) or isinstance(window, bool) or window < patch * merge:
+        raise CheckpointError(
+            f"{where} vision_config.window_size must be an integer of at least patch_size x "
+            f"spatial_merge_size = {patch * merge}, got {window!r:.60}"
+        )
     block = 2 * vh + 4 * vh * vh + 4 * vh + 3 * vh * vi + 2 * vi + vh
     merged = vh * merge * merge
     vision = channels * frames * patch * patch * vh + v["depth"] * block + vh
     vision += merged * merged + merged + (merged + 1) * v["out_hidden_size"]
     return text + vision
+
+
+def _check_rope(text: dict[str, Any], head_dim: int, where: str) -> None:
+    """The multimodal rotary sections split each head's rotary half: they must sum to it."""
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = text.get(key)
+        if not isinstance(rope, dict) or "mrope_section" not in rope:
+            continue
+        sec = rope["mrope_section"]
+        ok = isinstance(sec, list) and len(sec) == 3
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sec)
+        if not ok or sum(sec) * 2 != head_dim:
+            raise CheckpointError(
+                f"{where} {key}.mrope_section must be 3 positive integers summing to "
+                f"head_dim / 2 = {head_dim // 2}, got {short_repr(sec)}"
+            )
+
+
+# Qwen2.5-VL's vision tokens: the config's ids must be the tokenizer's.
+VISION_TOKENS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+# processor attribute -> vision_config field: the processor cuts frames into the model's patches
+PATCHING = {
+    "patch_size": "patch_size",
+    "merge_size": "spatial_merge_size",
+    "temporal_patch_size": "temporal_patch_size",
+}
+
+
+def check_loaded(model: Any, processor: Any, d: Path) -> None:
+    """What only the loaded objects show: config, tokenizer and processor agree."""
+    for key, token in VISION_TOKENS.items():
+        want = processor.tokenizer.convert_tokens_to_ids(token)
+        got = getattr(model.config, key, None)
+        if got != want:
+            raise CheckpointError(
+                f"{d / 'config.json'}: field {key} is {got!r:.40}, the tokenizer has {token} "
+                f"at id {want!r}"
+            )
+    vision = model.config.vision_config
+    for part in ("image_processor", "video_processor"):
+        proc = getattr(processor, part, None)
+        for attr, field in PATCHING.items():
+            got, want = getattr(proc, attr, None), getattr(vision, field, None)
+            if proc is not None and got is not None and got != want:
+                raise CheckpointError(
+                    f"{d}: the {part}'s {attr} is {got!r:.40} but config.json "
+                    f"vision_config.{field} is {want!r}"
+                )
 
 
 def safetensors_parameters(path: Path) -> int:

@@ -48,8 +48,8 @@ USER_STATE_FIELDS: dict[str, type] = {"speed": float, "accel": float, "instructi
 MAX_WIDTH = 40
 MAX_PRECISION = 12
 _SPEC = re.compile(
-    r"(?:[^{}]?[<>^=])?[-+ ]?0?(?P<width>\d{1,6})?[,_]?"  # [[fill]align][sign][0][width][,]
-    r"(?:\.(?P<precision>\d{1,6}))?(?P<type>[eEfFgG%s]?)"  # [.precision][type]
+    r"(?:[^{}]?[<>^=])?[-+ ]?0?(?P<width>\d+)?[,_]?"  # [[fill]align][sign][0][width][,]
+    r"(?:\.(?P<precision>\d+))?(?P<type>[eEfFgG%s]?)"  # [.precision][type]
 )
 _TYPES = {float: "eEfFgG%", str: "s"}
 
@@ -61,7 +61,7 @@ def parse_user_state(template: str) -> tuple[tuple[str, str | None, str], ...]:
     try:
         pieces = list(string.Formatter().parse(template))
     except ValueError as e:  # a lone "{" or "}"
-        raise PromptFormatError(f"user_state: {e} (write {{{{ and }}}} for braces)") from None
+        raise PromptFormatError(f"{e} (write {{{{ and }}}} for literal braces)") from None
     out = []
     for literal, name, spec, conversion in pieces:
         if name is None:
@@ -78,7 +78,14 @@ def parse_user_state(template: str) -> tuple[tuple[str, str | None, str], ...]:
             raise PromptFormatError(
                 f"{where}: format spec {short_repr(spec)} is not [align][width][.precision][type]"
             )
-        if int(m["width"] or 0) > MAX_WIDTH or int(m["precision"] or 0) > MAX_PRECISION:
+        width, precision = m["width"] or "0", m["precision"] or "0"
+        # compared as text first: int() of thousands of digits is itself refused by Python
+        if (
+            len(width) > 3
+            or int(width) > MAX_WIDTH
+            or len(precision) > 3
+            or int(precision) > MAX_PRECISION
+        ):
             raise PromptFormatError(
                 f"{where}: width at most {MAX_WIDTH}, precision at most {MAX_PRECISION}"
             )

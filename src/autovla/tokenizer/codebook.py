@@ -26,7 +26,12 @@ FORMAT_VERSION = 1
 # Metadata the code computes with: key -> (largest sensible value, unit). Checked on every
 # codebook, so a file's `length: "abc"` or NaN is refused when loaded, not deep in a report.
 MAX_COORD = 1e4  # metres; a token moves a vehicle box for 0.5 s
-NUMERIC_META = {"length": (100.0, "m"), "width": (100.0, "m"), "segment_seconds": (60.0, "s")}
+NUMERIC_META = {
+    "length": (100.0, "m"),
+    "width": (100.0, "m"),
+    "segment_seconds": (60.0, "s"),
+    "tol": (100.0, "m"),  # optional: the report's coverage radius
+}
 
 
 class CodebookError(ValueError):
@@ -174,6 +179,8 @@ class Codebook:
 
 def _check_meta(meta: dict[str, Any]) -> None:
     for key, (largest, unit) in NUMERIC_META.items():
+        if key not in meta:
+            continue
         v = meta[key]
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if not (ok and math.isfinite(v) and 0 < v <= largest):

@@ -59,7 +59,8 @@ def load_reference_contours(path: str | os.PathLike, agent: str = "veh") -> np.n
         raise CodebookError(
             f"{path}: token_all[{agent!r}] must hold numbers, got dtype {arr.dtype.str!r}"
         )
-    return np.asarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range values become inf: the Codebook names them
+        return np.asarray(arr, dtype=np.float32)
 
 
 def import_reference(path: str | os.PathLike, agent: str = "veh") -> Codebook:
