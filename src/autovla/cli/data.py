@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from autovla.cli.common import console, fail, table
 
@@ -36,7 +35,7 @@ def validate(
     if errors:
         bad = len({(e.file, e.line) for e in errors})
         raise fail(f"{len(errors)} errors in {bad} records ({valid} records valid)")
-    console.print(f"[green]ok[/]: {valid} records valid")
+    console.print(f"ok: {valid} records valid")
 
 
 @app.command()
@@ -52,7 +51,7 @@ def stats(path: Path = typer.Argument(..., help="Dataset directory or manifest f
     typer.echo(f"{st.total} samples in {path}")
     for cat in CATEGORIES:
         rows = [
-            (escape(k), n, f"{100 * n / max(st.total, 1):.1f}%")
+            (k, n, f"{100 * n / max(st.total, 1):.1f}%")
             for k, n in st.counts[cat].most_common()
         ]
         console.print(table(cat, [cat, "count", "share"], rows))
@@ -118,8 +117,8 @@ def _run_convert(make, out: Path, workers: int, shard, skip_bad: bool, copy, siz
         ("units already done", summary.units_resumed),
         ("samples written", summary.written),
     ]
-    rows += [(escape(f"skipped: {why}"), n) for why, n in summary.skipped.most_common()]
-    console.print(table(escape(f"{desc} -> {out}"), ["", "count"], rows))
+    rows += [(f"skipped: {why}", n) for why, n in summary.skipped.most_common()]
+    console.print(table(f"{desc} -> {out}", ["", "count"], rows))
     for ex in summary.examples[:5]:
         typer.echo(f"  e.g. {ex}")
 

@@ -112,7 +112,7 @@ def open_loop(
         )
     if o.get("n_scoring_errors"):
         console.print(
-            f"[yellow]warning:[/] {o['n_scoring_errors']} samples could not be scored "
+            f"warning: {o['n_scoring_errors']} samples could not be scored "
             f"(see scoring_error in {out / 'samples.jsonl'})"
         )
     keys = [

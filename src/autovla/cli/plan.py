@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
 
@@ -28,10 +27,10 @@ def plan(
     import numpy as np
     import torch
 
-    from autovla.data.manifest import ManifestError, dataset_root, iter_samples
+    from autovla.data.manifest import dataset_root, iter_samples
     from autovla.io import write_json
     from autovla.model.backbone import quiet_transformers
-    from autovla.model.checkpoint import AutoVLA, CheckpointError
+    from autovla.model.checkpoint import AutoVLA
     from autovla.model.planner import Planner
 
     quiet_transformers()
@@ -40,29 +39,20 @@ def plan(
     check_action_choice(action_choice)
     if index is not None and sample_id is not None:
         raise fail("give --index or --id, not both")
-    try:
-        sample = _pick(iter_samples(data, split), index or 0, sample_id)
-    except (FileNotFoundError, ManifestError) as e:
-        raise fail(str(e)) from None
+    sample = _pick(iter_samples(data, split), index or 0, sample_id)
     if sample is None:
         what = f"id {sample_id!r}" if sample_id is not None else f"index {index}"
         raise fail(f"{data}: no sample with {what}" + (f" in split {split!r}" if split else ""))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.startswith("cuda") else None
-    try:
-        vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
-    except (CheckpointError, FileNotFoundError, OSError) as e:
-        raise fail(str(e)) from None
+    vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
     root = dataset_root(data)
-    try:
-        (res,) = Planner(vla, action_choice=action_choice).plan(
-            [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
-        )
-    except FileNotFoundError as e:
-        raise fail(str(e)) from None
+    (res,) = Planner(vla, action_choice=action_choice).plan(
+        [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
+    )
     console.print(
-        f"sample [bold]{escape(sample.id)}[/] ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
-        f"mode [bold]{res.mode}[/], {res.num_generated_tokens} tokens generated, "
+        f"sample {sample.id} ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
+        f"mode {res.mode}, {res.num_generated_tokens} tokens generated, "
         f"{1000 * res.timings['total']:.0f} ms"
     )
     truth = sample.future_array() if sample.future is not None else None
@@ -75,7 +65,7 @@ def plan(
     cols = ["t (s)", "token", "x", "y", "heading"] + (["error (m)"] if truth is not None else [])
     console.print(table("plan", cols, rows))
     if res.reasoning:
-        console.print("[bold]reasoning[/]\n" + escape(res.reasoning), highlight=False)
+        console.print("reasoning:\n" + res.reasoning, highlight=False)
     if out is not None:
         from autovla.model.visualize import save_plan_png
         from autovla.paths import inside, safe_name
