@@ -51,8 +51,7 @@ def stats(path: Path = typer.Argument(..., help="Dataset directory or manifest f
     typer.echo(f"{st.total} samples in {path}")
     for cat in CATEGORIES:
         rows = [
-            (k, n, f"{100 * n / max(st.total, 1):.1f}%")
-            for k, n in st.counts[cat].most_common()
+            (k, n, f"{100 * n / max(st.total, 1):.1f}%") for k, n in st.counts[cat].most_common()
         ]
         console.print(table(cat, [cat, "count", "share"], rows))
     for name, values, unit in (
