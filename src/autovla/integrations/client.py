@@ -143,9 +143,10 @@ def request_from_sample(sample: Any, root: str | os.PathLike, **options: Any) ->
     root = Path(root)
     cams = {c: [root / rel for rel in sample.cameras[c]] for c in CAMERAS}
     ego = sample.ego
+    options.setdefault("request_id", sample.id)
     return plan_request(
         cams, vx=ego.vx, vy=ego.vy, ax=ego.ax, ay=ego.ay, instruction=sample.instruction,
-        history=sample.history, request_id=sample.id, **options,
+        history=sample.history, **options,
     )  # fmt: skip
 
 
