@@ -100,6 +100,9 @@ def _open(raw: bytes, field: str, formats: tuple[str, ...]) -> Image.Image:
 
 def _rgb(im: Image.Image, field: str) -> Image.Image:
     try:
+        if im.mode == "RGB" and getattr(im, "n_frames", 1) == 1:
+            im.load()  # decodes the pixels; no copy needed (most JPEGs)
+            return im
         return im.convert("RGB")  # decodes the pixels
     except (OSError, ValueError, SyntaxError) as e:
         raise ServiceError(400, field, f"image data is corrupt ({e})", "bad_image") from None
