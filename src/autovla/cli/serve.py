@@ -11,16 +11,16 @@ from autovla.cli.common import err_console, fail
 
 def serve(
     model: Path = typer.Option(..., help="AutoVLA model directory."),
-    host: str = typer.Option(None, help="Bind address [default: 127.0.0.1, loopback only]."),
-    port: int = typer.Option(None, help="Port [default: 8000]."),
-    max_batch: int = typer.Option(None, help="Requests planned in one batch [default: 8]."),
+    host: str = typer.Option(None, help="Bind address (default 127.0.0.1, loopback only)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    max_batch: int = typer.Option(None, help="Requests planned in one batch (default 8)."),
     max_wait_ms: float = typer.Option(
-        None, help="How long a batch waits for more requests [default: 5]."
+        None, help="How long a batch waits for more requests (default 5)."
     ),
     max_queue: int = typer.Option(
-        None, help="Admitted requests before answering 429 [default: 32]."
+        None, help="Admitted requests before answering 429 (default 32)."
     ),
-    timeout_s: float = typer.Option(None, help="Per-request timeout in seconds [default: 60]."),
+    timeout_s: float = typer.Option(None, help="Per-request timeout in seconds (default 60)."),
     api_key: str = typer.Option(
         None,
         envvar="AUTOVLA_API_KEY",
@@ -35,6 +35,8 @@ def serve(
     access_log: bool = typer.Option(False, help="Log every request."),
 ) -> None:
     """Serve a model over HTTP until SIGINT/SIGTERM (then finish in-flight requests)."""
+    from pydantic import ValidationError
+
     from autovla.config import ConfigError, load_config
     from autovla.serve.config import ServeConfig
 
@@ -49,8 +51,13 @@ def serve(
         )
     except ConfigError as e:
         raise fail(str(e)) from None
-    except ValueError as e:  # pydantic: a flag out of range
-        raise fail(f"invalid serve settings: {e}") from None
+    except ValidationError as e:  # a flag out of range
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        if not err["loc"]:  # a check across settings: its message names them
+            raise fail(f"invalid serve settings: {err['msg'].removeprefix('Value error, ')}")
+        flag = f"--{name.replace('_', '-')}" if name in flags else name
+        raise fail(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print(
             f"[bold yellow]warning:[/] listening on {cfg.host} without --api-key: anyone who "

@@ -89,7 +89,7 @@ def image_file(image: Any, fmt: str = "JPEG", quality: int = 95) -> bytes:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"an image array must be (H, W, 3) RGB, got shape {arr.shape}")
-        image = Image.fromarray(arr.astype(np.uint8, copy=False), "RGB")
+        image = Image.fromarray(arr.astype(np.uint8, copy=False))
     if not hasattr(image, "save"):
         raise TypeError(f"cannot encode {type(image).__name__} as an image")
     buf = io.BytesIO()
