@@ -53,9 +53,10 @@ def serve(
         raise fail(str(e)) from None
     except ValidationError as e:  # a flag out of range
         err = e.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "settings"
         if not err["loc"]:  # a check across settings: its message names them
-            raise fail(f"invalid serve settings: {err['msg'].removeprefix('Value error, ')}")
+            msg = err["msg"].removeprefix("Value error, ")
+            raise fail(f"invalid serve settings: {msg}") from None
+        name = str(err["loc"][0])
         flag = f"--{name.replace('_', '-')}" if name in flags else name
         raise fail(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
