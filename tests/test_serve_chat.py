@@ -112,6 +112,13 @@ def test_rejections_name_the_field(client):
     assert e.param == "stream"
     e = _rejected(lambda: chat(client, tools=[{"type": "function", "function": {"name": "f"}}]))
     assert e.param == "tools"
+    audio = [
+        *user_content(0),
+        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
+    ]
+    e = _rejected(lambda: client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": audio}]))  # fmt: skip
+    assert e.param == f"messages[0].content[{len(audio) - 1}]" and "input_audio" in e.message
     e = _rejected(lambda: chat(client, max_tokens=5))
     assert e.param == "max_tokens" and e.code == "max_tokens_too_small"
     e = _rejected(lambda: chat(client, system="You are a helpful assistant."))

@@ -32,7 +32,12 @@ from autovla import __version__
 from autovla.data.schema import STANDARD_CAMERAS, DrivingSample
 from autovla.model.inputs import MemoryImages
 from autovla.serve.batching import Batcher
-from autovla.serve.chat import chat_to_plan, reasoning_cap_from_max_tokens
+from autovla.serve.chat import (
+    chat_to_plan,
+    message_text,
+    reasoning_cap_from_max_tokens,
+    system_kind,
+)
 from autovla.serve.config import ServeConfig
 from autovla.serve.engine import Engine, PlanJob, PlanOptions, batch_key
 from autovla.serve.errors import ServiceError, error_body, field_path, validation_details
@@ -512,12 +517,10 @@ def _plan(r: Any) -> Plan:
 
 
 def _system_of(req: ChatRequest, engine: Engine) -> str | None:
-    from autovla.serve.chat import _system_kind, _text_of
-
     first = req.messages[0]
     if first.role not in ("system", "developer"):
         return None
-    return _system_kind(_text_of(first.content, "messages[0].content"), engine.fmt)
+    return system_kind(message_text(first.content, "messages[0].content"), engine.fmt)
 
 
 # --- running it ---------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def chat_to_plan(
     system: str | None = None
     msgs = list(req.messages)
     if msgs[0].role in ("system", "developer"):
-        text = _text_of(msgs[0].content, "messages[0].content")
-        system = _system_kind(text, fmt)
+        text = message_text(msgs[0].content, "messages[0].content")
+        system = system_kind(text, fmt)
         msgs = msgs[1:]
         offset = 1
     else:
@@ -140,7 +140,7 @@ def chat_to_plan(
     return state, frames, system
 
 
-def _text_of(content: Any, field: str) -> str:
+def message_text(content: Any, field: str) -> str:
     if isinstance(content, str):
         return content
     if all(isinstance(p, TextPart) for p in content):
@@ -148,7 +148,7 @@ def _text_of(content: Any, field: str) -> str:
     raise ServiceError(400, field, "a system message holds text only", "bad_system")
 
 
-def _system_kind(text: str, fmt: PromptFormat) -> str:
+def system_kind(text: str, fmt: PromptFormat) -> str:
     t = " ".join(text.split())
     if t == " ".join(fmt.system_dual.split()):
         return "dual"

@@ -17,11 +17,16 @@ class ServiceError(ValueError):
         self.code = code
 
 
+_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def field_path(loc: Sequence[Any]) -> str:
-    """('cameras', 'front', 2) -> 'cameras.front[2]'; FastAPI's leading 'body' is dropped."""
+    """('cameras', 'front', 2) -> 'cameras.front[2]'; FastAPI's leading 'body' and pydantic's
+    union branch labels ('str', 'list[tagged-union[...]]') are dropped."""
     parts = list(loc)
     if parts and parts[0] == "body":
         parts = parts[1:]
+    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
     out = ""
     for p in parts:
         if isinstance(p, int):
@@ -54,9 +59,17 @@ def error_body(
 
 
 def validation_details(errors: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """pydantic errors -> [{'field', 'message'}] with readable paths."""
+    """pydantic errors -> [{'field', 'message'}] with readable paths, the most specific first:
+    of the errors under the first one's field (a union's branches), the deepest."""
     out = []
     for e in errors:
         msg = "unknown field" if e.get("type") == "extra_forbidden" else str(e.get("msg", ""))
         out.append({"field": field_path(e.get("loc", ())), "message": msg})
+    if len(out) > 1:
+        first = out[0]["field"]
+        deepest = max(
+            (d for d in out if d["field"].startswith(first)), key=lambda d: len(d["field"])
+        )
+        out.remove(deepest)
+        out.insert(0, deepest)
     return out
