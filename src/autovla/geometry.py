@@ -7,9 +7,13 @@ axes and works on numpy arrays (float64 unless given otherwise).
 
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 
-ArrayLike = np.ndarray | list | tuple
+# Union, not `|`: this line runs at import, and the simulator clients (autovla.integrations)
+# import this module in CARLA's Python, which may be 3.8.
+ArrayLike = Union[np.ndarray, list, tuple]  # noqa: UP007
 
 
 def wrap_angle(angle: ArrayLike) -> np.ndarray:

@@ -58,7 +58,7 @@ GROUPS = {
 }
 for _name, _help in GROUPS.items():
     app.add_typer(import_module(f"autovla.cli.{_name}").app, name=_name, help=_help)
-for _name in ("plan", "demo"):
+for _name in ("plan", "demo", "serve"):
     import_module(f"autovla.cli.{_name}").register(app)
 
 
