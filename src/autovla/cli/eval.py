@@ -107,7 +107,7 @@ def open_loop(
     sf = results.get("scene_filter")
     if sf and sf["missing"]:
         console.print(
-            f"[yellow]warning:[/] {sf['missing']} of the {sf['tokens']} scenes of the filter "
+            f"warning: {sf['missing']} of the {sf['tokens']} scenes of the filter "
             f"are not in the split (listed in {out / 'results.json'})"
         )
     if o.get("n_scoring_errors"):

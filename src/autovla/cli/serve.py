@@ -61,7 +61,7 @@ def serve(
         raise fail(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print(
-            f"[bold yellow]warning:[/] listening on {cfg.host} without --api-key: anyone who "
+            f"warning: listening on {cfg.host} without --api-key: anyone who "
             "can reach this port can use the model",
             highlight=False,
         )
@@ -76,7 +76,7 @@ def serve(
     except (CheckpointError, FileNotFoundError, OSError) as e:
         raise fail(str(e)) from None
     err_console.print(
-        f"serving [bold]{engine.name}[/] on http://{cfg.host}:{cfg.port} "
+        f"serving {engine.name} on http://{cfg.host}:{cfg.port} "
         f"(batch <= {cfg.max_batch}, wait {cfg.max_wait_ms:g} ms, queue {cfg.max_queue}"
         f"{', bearer token required' if api_key else ''})",
         highlight=False,
