@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autovla.annotate.complexity import label_complexity
 from autovla.data.manifest import ManifestWriter
 from autovla.data.schema import DrivingSample
 from autovla.io import atomic_path, write_json
@@ -186,8 +187,8 @@ def _convert_unit(unit: Unit, out: Path, skip_bad: bool, fn: ConvertFn | None = 
                     skip(item)
                 elif isinstance(item, Filtered):
                     result.skipped[f"filtered: {item.reason}"] += item.count
-                else:
-                    w.write(item)
+                else:  # real data carries no complexity flag: the documented rule sets it
+                    w.write(label_complexity(item))
         except ConvertError as e:
             skip(e)  # the rest of this unit is lost; what came before is kept
         result.written = w.count
