@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from autovla.annotate.complexity import label_complexity
 from autovla.data.manifest import ManifestWriter
 from autovla.data.schema import DrivingSample
 from autovla.io import atomic_path, write_json
@@ -277,6 +278,9 @@ def _convert_unit(
                         skip(item)
                     elif isinstance(item, Filtered):
                         result.skipped[f"filtered: {item.reason}"] += item.count
+                    elif isinstance(item, DrivingSample):
+                        # real data carries no complexity flag: the documented rule sets it
+                        w.write(label_complexity(item))
                     else:
                         w.write(item)
         except ConvertError as e:
