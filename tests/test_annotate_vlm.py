@@ -10,7 +10,7 @@ import pytest
 from autovla.annotate.rules import ACTION_PREFIX
 from autovla.annotate.vlm import AnnotationError, VLMOptions, annotate_vlm
 from autovla.annotate.vlm_parse import check_answer, parse_answer
-from autovla.annotate.vlm_prompt import build_messages, load_template
+from autovla.annotate.vlm_prompt import TEMPLATE_DIR, build_messages, load_template
 from autovla.data.manifest import load_samples, write_manifest
 from tests._openai_standin import StandIn, serve
 from tests.conftest import make_sample
@@ -50,6 +50,12 @@ def test_parse_accepts_markdown_numbering_and_normalises_to_the_rules_layout() -
 def test_rejections_name_their_reason(answer, instruction, action, reason) -> None:
     v = check_answer(answer, instruction, action, 700)
     assert not v.ok and v.reason == reason and v.detail
+
+
+def test_an_answer_without_any_heading_is_missing_every_part() -> None:
+    assert parse_answer("<think>fast</think> <action_3>").parts == {}
+    v = check_answer("<think>fast</think>", "go straight", "move forward with a stop", 700)
+    assert not v.ok and v.reason == "missing_part"
 
 
 def test_turn_in_the_action_is_not_a_wrong_instruction() -> None:
@@ -163,3 +169,44 @@ def test_bad_endpoint_stops_the_run(tmp_path: Path) -> None:
     root = _dataset(tmp_path, 2)
     with serve(StandIn()) as url, pytest.raises(AnnotationError, match="HTTP 404"):
         annotate_vlm(root, _opts(url.removesuffix("/v1") + "/nope"))
+
+
+def test_against_autovla_serve_with_the_tiny_model(tmp_path: Path) -> None:
+    """Real HTTP to `autovla serve`: the tiny model answers in its own format (a think block
+    and action tokens), which fails validation; the rejection is recorded with its reason.
+    The template sends no system text or examples (the service accepts only its own prompt),
+    all four frames per camera, and the state line the model's prompt format uses."""
+    import yaml
+
+    from autovla.serve.app import BackgroundServer
+    from tests.model_fixtures import dataset
+    from tests.serve_fixtures import make_app
+
+    src_root, samples = dataset()
+    root = tmp_path / "ds"
+    for s in samples[:2]:
+        for rels in s.cameras.values():
+            for rel in rels:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes((src_root / rel).read_bytes())
+    written = [s.model_copy(update={"complex": True}) for s in samples[:2]]
+    write_manifest(root, written)
+    tpl = yaml.safe_load((TEMPLATE_DIR / "vlm-v1.yaml").read_text())
+    tpl.update(system="", examples=[])
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(tpl))
+    with BackgroundServer(make_app(max_batch=2, max_wait_ms=2.0)) as server:
+        opts = _opts(server.url + "/v1", model="tiny", template=str(tmp_path / "t.yaml"),
+                     frames="all", repair_attempts=0, timeout=60.0, overwrite=True)  # fmt: skip
+        s = annotate_vlm(root, opts)
+        assert s.sent == 2 and s.accepted == 0 and dict(s.rejected) == {"missing_part": 2}
+        assert s.tokens_out >= 0 and s.requests == 2
+        # a re-ask carries the rejected answer as an assistant turn: the service refuses it
+        s2 = annotate_vlm(root, _opts(server.url + "/v1", model="tiny",
+                                      template=str(tmp_path / "t.yaml"), frames="all",
+                                      repair_attempts=1, retry_rejected=True, timeout=60.0,
+                                      overwrite=True))  # fmt: skip
+    assert s2.sent == 2 and dict(s2.rejected) == {"http_400": 2}
+    cache = (root / "annotations").glob("vlm-cache-*.jsonl")
+    entries = [json.loads(line) for f in cache for line in f.read_text().splitlines()]
+    assert any("<think>" in e.get("answer", "") for e in entries)
+    assert load_samples(root) == written  # nothing accepted: the manifest is unchanged

@@ -46,7 +46,7 @@ def parse_answer(answer: str) -> Parsed:
     matches = list(_HEADING.finditer(answer))
     parts: dict[str, str] = {}
     complexity = None
-    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=False):
         name = m.group(1).lower()
         body = answer[m.end() : nxt.start() if nxt else len(answer)]
         body = " ".join(body.replace("**", "").replace("__", "").split()).strip(" *_")

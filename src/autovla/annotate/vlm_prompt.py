@@ -164,7 +164,10 @@ def build_messages(
             url = encode_image(root / rel, image_size)
             parts.append({"type": "image_url", "image_url": {"url": url}})
     parts.append({"type": "text", "text": text})
-    messages: list[dict[str, Any]] = [{"role": "system", "content": tpl.system}]
+    # a template without system text sends none (servers that accept only their own prompt)
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": tpl.system}] if tpl.system.strip() else []
+    )
     for ex in tpl.examples:
         messages.append({"role": "user", "content": ex.user})
         messages.append({"role": "assistant", "content": ex.answer})

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -312,6 +313,9 @@ def _job(sample_id, cameras, images, ego, instruction, history) -> PlanJob:
                     "the frames of one camera must have one size",
                     "frame_size_mismatch",
                 )  # fmt: skip
+    if not history:  # the model's prompt does not read the past; the schema wants one
+        v = ego if isinstance(ego, dict) else ego.model_dump()
+        history = constant_velocity_history(float(v.get("vx", 0.0)), float(v.get("vy", 0.0)))
     try:
         sample = DrivingSample(
             id=sample_id, source="serve", split="serve", cameras=cameras, ego=ego,
@@ -321,6 +325,12 @@ def _job(sample_id, cameras, images, ego, instruction, history) -> PlanJob:
         err = e.errors()[0]
         raise ServiceError(400, field_path(err["loc"]), err["msg"], "invalid_value") from None
     return PlanJob(sample, MemoryImages(images))
+
+
+def constant_velocity_history(vx: float, vy: float) -> list[tuple[float, float, float]]:
+    """The past a request that sends none is given: the current velocity held for 1.5 s."""
+    heading = float(np.arctan2(vy, vx)) if abs(vx) + abs(vy) > 1e-6 else 0.0
+    return [(-vx * 0.5 * k, -vy * 0.5 * k, 0.0 if k == 0 else heading) for k in (3, 2, 1, 0)]
 
 
 def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str | None = None):

@@ -67,7 +67,9 @@ class PlanRequest(PlanOptionsIn):
     ego: EgoState
     instruction: Instruction
     history: list[Pose] = Field(
-        default_factory=list, description="past poses, oldest first, ego frame (optional)"
+        default_factory=list,
+        description="past poses, oldest first, ego frame: 4 at 2 Hz ending at (0, 0, 0); "
+        "optional (omitted: the current velocity held for 1.5 s; the prompt does not read it)",
     )
 
     @field_validator("id")
