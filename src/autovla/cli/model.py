@@ -32,24 +32,18 @@ def init(
 ) -> None:
     """Build a fresh AutoVLA (backbone + action tokens + processor + codebook) and save it."""
     from autovla.model.backbone import PRESETS, quiet_transformers
-    from autovla.model.checkpoint import CheckpointError, build_model
-    from autovla.tokenizer import Codebook, CodebookError
+    from autovla.model.checkpoint import build_model
+    from autovla.tokenizer import Codebook
 
     quiet_transformers()
     if preset not in PRESETS:
         raise fail(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if out.exists() and any(out.iterdir()) and not force:
         raise fail(f"{out} is not empty (use --force to overwrite)")
-    try:
-        cb = Codebook.load(codebook)
-    except (FileNotFoundError, CodebookError, OSError) as e:
-        raise fail(f"{codebook}: {e}") from None
-    try:
-        vla = build_model(
-            preset, cb, seed=seed, fmt=prompt_format, source=source, allow_random=random_ok
-        )
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise fail(str(e)) from None
+    cb = Codebook.load(codebook)
+    vla = build_model(
+        preset, cb, seed=seed, fmt=prompt_format, source=source, allow_random=random_ok
+    )
     vla.save_pretrained(out)
     _print_info(vla, out)
 
@@ -58,13 +52,10 @@ def init(
 def info(model: Path = typer.Argument(..., help="AutoVLA model directory.")) -> None:
     """Describe a model directory: backbone size, tokens, pixel budget, prompt format."""
     from autovla.model.backbone import quiet_transformers
-    from autovla.model.checkpoint import AutoVLA, CheckpointError
+    from autovla.model.checkpoint import AutoVLA
 
     quiet_transformers()
-    try:
-        vla = AutoVLA.from_pretrained(model)
-    except (CheckpointError, FileNotFoundError, OSError, ValueError) as e:
-        raise fail(str(e)) from None
+    vla = AutoVLA.from_pretrained(model)
     _print_info(vla, model)
 
 

@@ -27,26 +27,9 @@ def load_run_config(cls: type, config: Path, overrides: list[str] | None):
 
 
 def _train(train: Any, cfg: Any) -> Any:
-    """Run a stage; expected failures become one line, a signal its usual exit code."""
-    from autovla.data.manifest import ManifestError
-    from autovla.model.checkpoint import CheckpointError
-    from autovla.tokenizer import CodebookError
-    from autovla.train.checkpointing import OutputDirError
-    from autovla.train.data import EmptyDatasetError
-    from autovla.train.loop import TrainingDivergedError
-    from autovla.train.model_setup import CodebookMismatchError
-    from autovla.train.rft import RFTDataError
-    from autovla.train.sft import SFTDataError
-
-    user_errors = (
-        EmptyDatasetError, SFTDataError, RFTDataError, CodebookMismatchError, CodebookError,
-        CheckpointError, ManifestError, FileNotFoundError, TrainingDivergedError,
-        OutputDirError,
-    )  # fmt: skip
-    try:
-        result = train(cfg)
-    except user_errors as e:
-        raise fail(str(e)) from None
+    """Run a stage (failures go to the root group's error policy); a signal that stopped it
+    gives the usual exit code, 128 + the signal's number."""
+    result = train(cfg)
     if result.interrupted:
         if result.is_main:
             console.print(f"interrupted at step {result.steps}; resume with the same command")
