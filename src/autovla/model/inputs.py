@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -22,8 +23,10 @@ END_OF_TURN = "<|im_end|>"  # Qwen chat turn terminator; trained as the answer's
 VIDEO_FPS = 2.0  # camera frames are 0.5 s apart
 
 
-def load_videos(sample: DrivingSample, root: str | os.PathLike) -> list[list[Image.Image]]:
-    """One video (list of RGB frames, oldest first) per camera, in the standard camera order."""
+def load_videos(sample: DrivingSample, root: str | os.PathLike) -> list[torch.Tensor]:
+    """One video per camera, in the standard camera order: uint8 [frames, 3, H, W], oldest
+    frame first. (The processor gives the same pixels for these as for PIL frames, and
+    resizes full-size camera frames about 3x faster from tensors.)"""
     root = Path(root)
     videos = []
     for cam in ordered_cameras(sample):
@@ -43,7 +46,8 @@ def load_videos(sample: DrivingSample, root: str | os.PathLike) -> list[list[Ima
                 f"sample {sample.id!r}, field 'cameras.{cam}': "
                 f"frames differ in size {sorted(sizes)}"
             )
-        videos.append(frames)
+        video = np.stack([np.asarray(f) for f in frames])  # [T, H, W, 3]
+        videos.append(torch.from_numpy(video).permute(0, 3, 1, 2))
     return videos
 
 
