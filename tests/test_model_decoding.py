@@ -103,6 +103,10 @@ def test_rows_closing_reasoning_at_different_steps(monkeypatch):
     lengths = {r.num_generated_tokens for r in a}
     assert len(lengths) >= 6 and max(lengths) == 40 + 10, lengths  # closed at many steps; capped
     assert kept and min(kept) < len(a)  # finished rows left the active set
+    assert [r.reasoning_capped for r in a] == [r.reasoning_capped for r in b]
+    capped = [r for r in a if r.reasoning_capped]  # closed by the planner at the cap
+    assert capped and all(r.num_generated_tokens == 40 + 10 for r in capped)
+    assert not all(r.reasoning_capped for r in a)
 
 
 def test_plain_text_markup_identical():

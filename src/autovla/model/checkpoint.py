@@ -141,6 +141,11 @@ class AutoVLA:
         return vla
 
 
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """An AutoVLA model directory (as opposed to, e.g., a pretrained Qwen2.5-VL one)."""
+    return (Path(path) / INFO_FILE).is_file()
+
+
 def check_action_tokens(vla: AutoVLA, where: str = "model") -> None:
     """The tokenizer's <action_i> tokens, the embedding rows and the codebook must agree."""
     from autovla.model.inputs import action_id_range

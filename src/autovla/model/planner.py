@@ -34,6 +34,7 @@ Two decoding paths give the same tokens (greedy, and sampling with the same seed
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ from autovla.model.inputs import encode_batch, end_of_turn
 from autovla.model.logprobs import unwrap
 from autovla.model.prompts import Mode, SystemKind, parse_answer
 from autovla.model.sampling import choose_tokens, make_generator, nucleus
+
+log = logging.getLogger(__name__)
 
 PlanMode = Literal["auto", "fast", "slow"]
 ActionChoice = Literal["argmax", "expected"]
@@ -74,6 +77,8 @@ class PlanResult:
     # log p(token) under the model (unmasked, temperature 1) at sampled tokens, 0.0 at forced
     # ones; only with plan(..., return_logprobs=True).
     logprobs: list[float] | None = field(default=None, repr=False)
+    # The reasoning reached the planner's max_reasoning_tokens and was closed by the planner.
+    reasoning_capped: bool = False
 
 
 @dataclass
@@ -87,6 +92,7 @@ class _Row:
     actions: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     last_logprob: float = 0.0
+    capped: bool = False
 
     def feed(self, ids: Sequence[int], sampled_first: bool) -> None:
         self.pending = list(ids)
@@ -418,6 +424,7 @@ class Planner:
             text = tok.decode(row.reasoning_ids, skip_special_tokens=False)
             close = ("" if text.endswith("\n") else "\n") + self.close_text
             row.phase = "actions"
+            row.capped = True
             row.feed([tok_id, *_ids(tok, close)], True)
             return
         row.feed([tok_id], True)
@@ -571,8 +578,15 @@ class Planner:
                     completion_ids=list(row.completion),
                     sampled_mask=list(row.sampled),
                     logprobs=list(row.logprobs) if logprobs else None,
+                    reasoning_capped=row.capped,
                 )
             )
+        capped = sum(r.capped for r in rows)
+        if capped:
+            log.info(
+                "%d of %d plans reached the %d-token reasoning cap (closed by the planner)",
+                capped, len(rows), self.max_reasoning_tokens,
+            )  # fmt: skip
         return results
 
 
