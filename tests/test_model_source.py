@@ -106,3 +106,15 @@ def test_model_init_dtype(tmp_path, codebook_file, dtype):
     assert vla.model.dtype == want
     res = runner.invoke(app, [*args[:-1], str(tmp_path / "x"), "--dtype", "float16"])
     assert res.exit_code == 1 and "--dtype must be" in res.output
+
+
+def test_bfloat16_build_keeps_float32_rotary_frequencies():
+    """Weights are created in bfloat16; the rotary inverse frequencies stay float32, as in a
+    model loaded from disk (a bfloat16 build once differed from its own reload)."""
+    from autovla.model.checkpoint import build_model
+
+    vla = build_model("tiny", tiny_codebook(), dtype=torch.bfloat16)
+    assert {p.dtype for p in vla.model.parameters()} == {torch.bfloat16}
+    for name, buf in vla.model.named_buffers():
+        if name.endswith("inv_freq"):
+            assert buf.dtype == torch.float32, name
