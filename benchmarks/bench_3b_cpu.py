@@ -206,8 +206,10 @@ def stage_init(args, out: Path) -> dict:
     dtype = getattr(torch, resolve_dtype(args.dtype))
     sample = make_dataset(out / "data")
     t0 = time.perf_counter()
+    # geometry init: distinct action-token rows (mean init ties every action token, and the
+    # two decoding paths may break exact ties differently)
     vla = build_model(preset_of(args), codebook(CODEBOOK_SIZE), seed=0, dtype=dtype,
-                      random_weights=True)  # fmt: skip
+                      random_weights=True, action_init="geometry")  # fmt: skip
     t_build = time.perf_counter() - t0
     vla.save_pretrained(out / "model")
     t_save = time.perf_counter() - t0 - t_build

@@ -109,9 +109,11 @@ def run(
     variants,
     modes=("fast", "slow"),
     generate=True,
+    on_row=None,
 ) -> list[dict]:
     """Per batch size and mode: each variant's latency (runs interleaved, so a busy machine
-    slows every variant alike), whether its tokens equal the first variant's, and generate()."""
+    slows every variant alike), whether its tokens equal the first variant's, and generate().
+    `on_row(rows)` is called after every measurement (partial results survive a timeout)."""
     from autovla.model.planner import Planner
 
     planners = {
@@ -138,7 +140,8 @@ def run(
             for v in variants:
                 t = runs[v]
                 total = pct([x["total"] for x in t], 50)
-                model = pct([x["vision"] + x["prefill"] + x["decode"] for x in t], 50)
+                model_t = [x["vision"] + x["prefill"] + x["decode"] for x in t]
+                sampled = first[v][0].num_generated_tokens
                 rows.append(
                     {
                         "batch": bs,
@@ -149,16 +152,22 @@ def run(
                         "identical": [r.completion_ids for r in first[v]] == base,
                         "plan_p50_ms": 1000 * total,
                         "plan_p90_ms": 1000 * pct([x["total"] for x in t], 90),
-                        "model_p50_ms": 1000 * model,
+                        "model_p50_ms": 1000 * pct(model_t, 50),
+                        "model_p90_ms": 1000 * pct(model_t, 90),
                         **{
                             f"{k}_ms": 1000 * statistics.median(x[k] for x in t)
                             for k in ("inputs", "vision", "prefill", "decode")
                         },
+                        "decode_ms_per_token": 1000
+                        * statistics.median(x["decode"] for x in t)
+                        / max(sampled, 1),
                         "plans_per_s": bs / total,
                         "speedup": ref_total / total,
                         "generate_p50_ms": 1000 * pct(gen, 50) if gen else float("nan"),
                     }
                 )
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
@@ -209,7 +218,9 @@ def main() -> None:
     ends[1:, 0] = torch.rand(args.codebook_size - 1, generator=g) * 10
     ends[1:, 1] = torch.rand(args.codebook_size - 1, generator=g) - 0.5
     codebook = Codebook(token_contours(ends, 4.8, 2.0))
-    vla = build_model(args.preset, codebook, seed=0)
+    # geometry init: distinct action-token rows (mean init ties every action token, and the
+    # two decoding paths may break exact ties differently)
+    vla = build_model(args.preset, codebook, seed=0, action_init="geometry")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -271,8 +271,11 @@ class StaticDecoder:
         return min(self.length, -(-self.hi // 64) * 64)
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed one token per active slot ([n] ids); logits [n, V]."""
+        """Feed one token per active slot ([n] ids); logits [n, V] (valid until the next step:
+        a compiled step on a GPU reuses its output memory)."""
         self.cache.kv_len = self._kv_len(1)
+        if self.compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
         if self._impl != "sdpa":
             return self._step_fn(ids)
         cfg = self.lm.config  # the attention layers read the implementation from it

@@ -490,7 +490,7 @@ class Planner:
     # --- fast path: static cache -------------------------------------------------------------
     def _decode_fast(self, model, batch, embeds, positions, num_samples, rows, choice, room):
         device = embeds.device
-        dec = self._static_decoder(model, len(rows), batch["input_ids"].shape[1] + room)
+        dec = self._static_decoder(model, len(rows), batch["input_ids"].shape[1], room)
         logits = dec.prefill(embeds, positions, batch["attention_mask"])
         logits = logits.repeat_interleave(num_samples, 0)
         dec.repeat_rows(num_samples)
@@ -544,10 +544,12 @@ class Planner:
         for chosen, logprob in steps:
             self._advance(rows, *_Readback(chosen, logprob).get())
 
-    def _static_decoder(self, model, slots: int, length: int) -> StaticDecoder:
-        length = -(-length // 64) * 64  # fewer distinct shapes for compiled steps
+    def _static_decoder(self, model, slots: int, prompt: int, room: int) -> StaticDecoder:
         if not self.compile:
-            return StaticDecoder(model, slots, length)
+            return StaticDecoder(model, slots, -(-(prompt + room) // 64) * 64)
+        # Compiled: one decoder kept between calls, sized for any mode and rounded up, so that
+        # the compiled step (and its CUDA graphs) see few distinct shapes and addresses.
+        length = -(-(prompt + max(self._answer_room.values())) // 256) * 256
         dec = self._decoder
         if dec is None or dec.model is not model or dec.slots < slots or dec.length < length:
             dec = StaticDecoder(model, slots, length, compile_mode="reduce-overhead")
