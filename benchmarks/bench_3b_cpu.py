@@ -70,30 +70,33 @@ def preset_of(args: argparse.Namespace):
     return p
 
 
-def make_dataset(root: Path) -> Any:
-    """One training sample (with future and reasoning) at full size, and its manifest."""
+def make_dataset(root: Path, n: int = 1) -> list[Any]:
+    """Training samples (with future and reasoning) at full size, and their manifest."""
     import numpy as np
 
     from autovla.data.manifest import write_manifest
     from autovla.model.corpus import reasoning_text
     from bench_planner import make_samples
 
-    (sample,) = make_samples(root, 1, size=FRAME_SIZE)
-    v = sample.ego.speed
     rng = np.random.default_rng(0)
-    text = ""
-    while len(text) < 400:
-        text += reasoning_text(rng) + "\n"
-    sample = type(sample).model_validate(
-        {
-            **sample.model_dump(),
-            "split": "train",
-            "future": [(v * 0.5 * (k + 1), 0.0, 0.0) for k in range(10)],
-            "reasoning": text.strip(),
-        }
-    )
-    write_manifest(root, [sample])
-    return sample
+    samples = []
+    for sample in make_samples(root, n, size=FRAME_SIZE):
+        v = sample.ego.speed
+        text = ""
+        while len(text) < 400:
+            text += reasoning_text(rng) + "\n"
+        samples.append(
+            type(sample).model_validate(
+                {
+                    **sample.model_dump(),
+                    "split": "train",
+                    "future": [(v * 0.5 * (k + 1), 0.0, 0.0) for k in range(10)],
+                    "reasoning": text.strip(),
+                }
+            )
+        )
+    write_manifest(root, samples)
+    return samples
 
 
 def load_sample(root: Path) -> Any:
@@ -146,33 +149,69 @@ def sft_config(args: argparse.Namespace, out: Path, max_steps: int) -> Any:
     )
 
 
-def rft_config(args: argparse.Namespace, out: Path) -> Any:
+def rft_config(
+    out: Path,
+    model: Path,
+    data: Path,
+    *,
+    group_size: int = 2,
+    reasoning_tokens: int = 32,
+    max_steps: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Any:
     from autovla.train.rft_config import RFTConfig
 
     return RFTConfig.model_validate(
         {
-            "model": {"path": str(out / "model")},
-            "data": {
-                "datasets": [{"path": str(out / "data"), "split": "train"}],
-                "shuffle_buffer": 1,
-            },
-            "grpo": {"group_size": 2, "max_reasoning_tokens": args.reasoning_tokens},
+            "model": {"path": str(model)},
+            "data": {"datasets": [{"path": str(data), "split": "train"}], "shuffle_buffer": 1},
+            "grpo": {"group_size": group_size, "max_reasoning_tokens": reasoning_tokens},
             "reward": {"driving_score": "ade"},
             "train": {
-                "max_steps": 1,
+                "max_steps": max_steps,
                 "prompts_per_step": 1,
-                "device": "cpu",
+                "device": device,
                 "gradient_checkpointing": True,
-                "torch_threads": args.threads,
+                "torch_threads": threads,
             },
-            "output": {
-                "dir": str(out / "rft"),
-                "log_every": 1,
-                "tensorboard": False,
-                "progress": False,
-            },
+            "output": {"dir": str(out), "log_every": 1, "tensorboard": False, "progress": False},
         }
     )
+
+
+def timed_rft(cfg: Any) -> dict:
+    """Run `train_rft`; the last step's time split into sampling (the planner), scoring (the
+    reward) and update (log-probabilities, loss, backward, optimiser), plus parameter counts."""
+    import autovla.train.rft as rft
+
+    scoring: list[float] = []
+    reward = rft.total_reward
+
+    def timed_reward(*a, **k):
+        t0 = time.perf_counter()
+        r = reward(*a, **k)
+        scoring.append(time.perf_counter() - t0)
+        return r
+
+    rft.total_reward = timed_reward
+    t0 = time.perf_counter()
+    try:
+        with _CountParams() as counted:
+            result = rft.train_rft(cfg)
+    finally:
+        rft.total_reward = reward
+    m = result.train
+    split = {}
+    if "gen_s" in m and "step_s" in m and scoring:
+        split = {
+            "step_s": m["step_s"],
+            "sampling_s": m["gen_s"],
+            "scoring_s": scoring[-1],
+            "update_s": m["step_s"] - m["gen_s"] - scoring[-1],
+        }
+    return {"steps": result.steps, "train_s": time.perf_counter() - t0,
+            "slow_share": m.get("slow_share"), **split, **counted}  # fmt: skip
 
 
 class _CountParams:
@@ -204,7 +243,7 @@ def stage_init(args, out: Path) -> dict:
     from bench_planner_gpu import codebook
 
     dtype = getattr(torch, resolve_dtype(args.dtype))
-    sample = make_dataset(out / "data")
+    (sample,) = make_dataset(out / "data")
     t0 = time.perf_counter()
     # geometry init: distinct action-token rows (mean init ties every action token, and the
     # two decoding paths may break exact ties differently)
@@ -220,7 +259,7 @@ def stage_init(args, out: Path) -> dict:
     from autovla.model.inputs import encode_batch
 
     full = encode_batch(vla.processor, [sample], out / "data", vla.fmt,
-                        answers=[_answer(vla, sample)])  # fmt: skip
+                        answers=[answer_text(vla, sample)])  # fmt: skip
     video = int((full["input_ids"] == vla.model.config.video_token_id).sum())
     params = sum(p.numel() for p in vla.model.parameters())
     vision = sum(p.numel() for p in vla.model.model.visual.parameters())
@@ -239,7 +278,8 @@ def stage_init(args, out: Path) -> dict:
     }
 
 
-def _answer(vla: Any, sample: Any) -> str:
+def answer_text(vla: Any, sample: Any) -> str:
+    """The SFT target of a sample: its future as action tokens, after its reasoning."""
     import torch
 
     from autovla.model.prompts import render_answer
@@ -318,29 +358,9 @@ def stage_sft(args, out: Path, max_steps: int = 1) -> dict:
 
 
 def stage_rft(args, out: Path) -> dict:
-    import autovla.train.rft as rft
-
-    scoring = []
-    reward = rft.total_reward
-
-    def timed_reward(*a, **k):  # time the scoring inside the step
-        t0 = time.perf_counter()
-        r = reward(*a, **k)
-        scoring.append(time.perf_counter() - t0)
-        return r
-
-    rft.total_reward = timed_reward
-    t0 = time.perf_counter()
-    with _CountParams() as counted:
-        result = rft.train_rft(rft_config(args, out))
-    m = result.train
-    split = {}
-    if "gen_s" in m and "step_s" in m:
-        score = sum(scoring)
-        split = {"sampling_s": m["gen_s"], "scoring_s": score,
-                 "update_s": m["step_s"] - m["gen_s"] - score}  # fmt: skip
-    return {"steps": result.steps, "train_s": time.perf_counter() - t0,
-            "slow_share": m.get("slow_share"), **split, **counted}  # fmt: skip
+    cfg = rft_config(out / "rft", out / "model", out / "data",
+                     reasoning_tokens=args.reasoning_tokens, threads=args.threads)  # fmt: skip
+    return timed_rft(cfg)
 
 
 def stage_resume(args, out: Path) -> dict:

@@ -185,6 +185,8 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
     def fmt(v):
         if isinstance(v, bool):
             return "yes" if v else "NO"
+        if v is None or (isinstance(v, float) and v != v):  # not measured
+            return "-"
         return f"{v:.1f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(title for _, title in columns) + " |"]
