@@ -202,16 +202,17 @@ class StaticDecoder:
         self.n = n
 
     # --- the layers ----------------------------------------------------------------------
-    def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        if not self.additive_mask:
+    def _mask(self, allowed: torch.Tensor | None) -> torch.Tensor | None:
+        if allowed is None or not self.additive_mask:
             return allowed
         zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(self.dtype).min)
 
     def _layers(
-        self, embeds: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor
+        self, embeds: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor | None
     ) -> torch.Tensor:
-        """Hidden states after the final norm; `allowed` [n, 1, w, kv_len] bool."""
+        """Hidden states after the final norm; `allowed` [n, 1, w, kv_len] bool, or None for
+        plain causal attention over the w new columns (sdpa only)."""
         lm = self.lm
         hidden = embeds
         pe = lm.rotary_emb(hidden, position_ids)
@@ -236,14 +237,17 @@ class StaticDecoder:
         b, p = attention_mask.shape
         dev = self.device
         real = attention_mask.to(device=dev, dtype=torch.bool)
-        i = torch.arange(p, device=dev)
-        causal = i[None, :] <= i[:, None]  # [P, P]: key j <= query i
-        # Pad queries (left padding) see themselves only: finite values, never read by a
-        # real token.
-        allowed = (causal[None] & real[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)
+        allowed = None  # no padding: causal attention, as the library does it (is_causal)
+        if self.additive_mask or not bool(real.all()):
+            i = torch.arange(p, device=dev)
+            causal = i[None, :] <= i[:, None]  # [P, P]: key j <= query i
+            # Pad queries (left padding) see themselves only: finite values, never read by
+            # a real token.
+            eye = torch.eye(p, dtype=torch.bool, device=dev)
+            allowed = ((causal[None] & real[:, None, :]) | eye)[:, None]
         self.cache.cols = None
         self.cache.kv_len = p
-        hidden = self._layers(embeds, position_ids, allowed[:, None])
+        hidden = self._layers(embeds, position_ids, allowed)
         self.cache.kv_len = self.length
         self.valid[:b, :p] = real
         self.hi = p
