@@ -4,13 +4,15 @@
 per `Planner.plan` call, sized from the prompt and the longest answer the planner can write.
 Each batch row writes its keys and values at its own columns (rows that feed forced text run
 ahead of the others without padding columns), and the attention mask is a per-row bitmap of
-the columns written so far. The per-token step therefore has fixed shapes (the number of
-active rows by the cache length), so it can be compiled (`torch.compile`, with CUDA graphs
-in mode "reduce-overhead"). Rows that have finished are moved out of the active prefix of
-the cache (`keep`), so they stop costing work.
+the columns written so far. The per-token step (one token per active row) updates the cache
+in place; compiled (`torch.compile`, CUDA graphs in mode "reduce-overhead") it reads the
+whole cache, so its shapes change only with the number of active rows; eager, it reads the
+columns used so far (rounded up to 64). Rows that have finished are moved out of the active
+prefix of the cache (`keep`), so they stop costing work.
 
 The model's own decoder layers, norms, rotary embedding and output head do the arithmetic
-(LoRA adapters injected into them run too); only the cache and the mask are ours.
+(LoRA adapters injected into them run too); only the cache, the mask and the single-query
+attention call (`decode_sdpa`) are ours.
 """
 
 from __future__ import annotations
