@@ -118,3 +118,25 @@ def test_bfloat16_build_keeps_float32_rotary_frequencies():
     for name, buf in vla.model.named_buffers():
         if name.endswith("inv_freq"):
             assert buf.dtype == torch.float32, name
+
+
+def test_tied_embeddings_stay_tied_through_the_action_token_resize(tmp_path):
+    """Qwen2.5-VL-3B ties its input and output embeddings, and the real tokenizer plus 2048
+    action tokens outgrows its 151,936 rows: the resize must keep them tied, and so must
+    saving and loading (a tiny tied preset whose rows the actions outgrow)."""
+    import dataclasses
+
+    from autovla.model.backbone import get_preset
+    from autovla.model.checkpoint import build_model
+
+    preset = dataclasses.replace(get_preset("tiny"), name="tiny-tied", tie_embeddings=True)
+    vla = build_model(preset, tiny_codebook(), seed=0)
+    emb = vla.model.get_input_embeddings().weight
+    assert vla.model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    assert emb.shape[0] == len(vla.tokenizer) == vla.action_end  # resized to the new tokens
+    torch.testing.assert_close(emb[vla.action_start], emb[vla.action_end - 1])  # mean rows
+    vla.save_pretrained(tmp_path / "m")
+    again = AutoVLA.from_pretrained(tmp_path / "m")
+    e2 = again.model.get_input_embeddings().weight
+    assert again.model.get_output_embeddings().weight.data_ptr() == e2.data_ptr()
+    assert torch.equal(e2, emb)

@@ -10,6 +10,12 @@ whole cache, so its shapes change only with the number of active rows; eager, it
 columns used so far (rounded up to 64). Rows that have finished are moved out of the active
 prefix of the cache (`keep`), so they stop costing work.
 
+The cache is our own rather than transformers' `StaticCache`: that one writes every row at the
+same columns (a shared counter in transformers 5.24, `cache_position` in 5.17), so rows
+feeding different amounts of forced text would need padding columns, and its interface differs
+between the two versions this project runs on (5.24 here, 5.17 on the GPU machine). Text
+tokens after the prompt take the same mrope position on all three axes, as in the reference.
+
 The model's own decoder layers, norms, rotary embedding and output head do the arithmetic
 (LoRA adapters injected into them run too); only the cache, the mask and the single-query
 attention call (`decode_sdpa`) are ours.
