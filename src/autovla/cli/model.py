@@ -40,8 +40,8 @@ def init(
     import torch
 
     from autovla.model.backbone import PRESETS, quiet_transformers
-    from autovla.model.checkpoint import CheckpointError, build_model
-    from autovla.tokenizer import Codebook, CodebookError
+    from autovla.model.checkpoint import build_model
+    from autovla.tokenizer import Codebook
 
     quiet_transformers()
     if preset not in PRESETS:
@@ -52,22 +52,16 @@ def init(
         raise fail(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     if dtype == "auto":
         dtype = "bfloat16" if preset == "qwen2.5-vl-3b" else "float32"
-    try:
-        cb = Codebook.load(codebook)
-    except (FileNotFoundError, CodebookError, OSError) as e:
-        raise fail(f"{codebook}: {e}") from None
-    try:
-        vla = build_model(
-            preset,
-            cb,
-            seed=seed,
-            fmt=prompt_format,
-            source=source,
-            allow_random=random_ok,
-            dtype=getattr(torch, dtype),
-        )
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise fail(str(e)) from None
+    cb = Codebook.load(codebook)
+    vla = build_model(
+        preset,
+        cb,
+        seed=seed,
+        fmt=prompt_format,
+        source=source,
+        allow_random=random_ok,
+        dtype=getattr(torch, dtype),
+    )
     vla.save_pretrained(out)
     _print_info(vla, out)
 
@@ -76,13 +70,10 @@ def init(
 def info(model: Path = typer.Argument(..., help="AutoVLA model directory.")) -> None:
     """Describe a model directory: backbone size, tokens, pixel budget, prompt format."""
     from autovla.model.backbone import quiet_transformers
-    from autovla.model.checkpoint import AutoVLA, CheckpointError
+    from autovla.model.checkpoint import AutoVLA
 
     quiet_transformers()
-    try:
-        vla = AutoVLA.from_pretrained(model)
-    except (CheckpointError, FileNotFoundError, OSError, ValueError) as e:
-        raise fail(str(e)) from None
+    vla = AutoVLA.from_pretrained(model)
     _print_info(vla, model)
 
 

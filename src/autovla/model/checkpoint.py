@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autovla.data.schema import FUTURE_STEPS, STEP_SECONDS
-from autovla.io import read_json, write_json
+from autovla.io import write_json
 from autovla.model.backbone import (
     QWEN_3B_ID,
     Preset,
@@ -28,15 +28,16 @@ from autovla.model.backbone import (
     load_pretrained,
     resolve_pretrained,
 )
+from autovla.model.directory import (
+    CODEBOOK_FILE,
+    INFO_FILE,
+    CheckpointError,
+    check_loaded,
+    check_model_dir,
+)
 from autovla.model.prompts import PromptFormat, load_format
 
-INFO_FILE = "autovla.json"
-CODEBOOK_FILE = "codebook.safetensors"
 DIR_FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be used (names the directory and the problem)."""
 
 
 def _sha256(path: Path) -> str:
@@ -117,9 +118,8 @@ class AutoVLA:
 
         d = Path(directory)
         info_path = d / INFO_FILE
-        if not info_path.exists():
-            raise CheckpointError(f"{d}: not an AutoVLA model directory (no {INFO_FILE})")
-        info = read_json(info_path)
+        # every file checked before transformers reads one (it fills gaps with a full-size model)
+        info = check_model_dir(d, need_format=fmt is None)
         if info.get("format_version", 0) > DIR_FORMAT_VERSION:
             raise CheckpointError(
                 f"{info_path}: format_version {info.get('format_version')} is newer than "
@@ -134,9 +134,16 @@ class AutoVLA:
                 "(sha256 mismatch); its action tokens would mean other motions"
             )
         codebook = Codebook.load(cb_path)
-        model, processor = load_pretrained(d, dtype=dtype, device=None)
-        model.to(device)
         fmt_obj = load_format(fmt if fmt is not None else d)
+        try:  # the files passed check_model_dir; what transformers still refuses is named here
+            model, processor = load_pretrained(d, dtype=dtype, device=None)
+            check_chat_template(processor)
+        except Exception as e:
+            raise CheckpointError(
+                f"{d}: transformers cannot load it: {type(e).__name__}: {e}"
+            ) from e
+        check_loaded(model, processor, d)
+        model.to(device)
         vla = cls(model, processor, codebook, fmt_obj, int(info["action_token_start"]), info)
         check_action_tokens(vla, where=str(d))
         return vla
@@ -145,6 +152,12 @@ class AutoVLA:
 def is_model_dir(path: str | os.PathLike) -> bool:
     """An AutoVLA model directory (as opposed to, e.g., a pretrained Qwen2.5-VL one)."""
     return (Path(path) / INFO_FILE).is_file()
+
+
+def check_chat_template(processor: Any) -> None:
+    """The chat template renders a minimal conversation (a broken one would fail at plan time)."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def check_action_tokens(vla: AutoVLA, where: str = "model") -> None:

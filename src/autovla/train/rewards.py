@@ -44,19 +44,27 @@ def _indices_by_sample(samples: Sequence[DrivingSample]) -> list[list[int]]:
 
 
 def pdms_reward(samples, roots, completions) -> np.ndarray:
-    """PDMS of each completion's plan through the embedded world's scorer (needs `scoring`).
+    """PDMS of each completion's plan against its sample's metric cache (NAVSIM v1.1 scorer,
+    docs/scoring.md); NaN for a sample without a cache or whose cache cannot be read.
 
     Completions of one sample are scored together in one batched call.
     """
-    from autovla.sim.scoring import load_scoring, score_plans
+    import logging
 
-    out = np.zeros(len(completions))
+    from autovla.scoring import score_sample
+
+    out = np.full(len(completions), np.nan)
     for idx in _indices_by_sample(samples):
         s, root = samples[idx[0]], roots[idx[0]]
         if s.scoring is None:
-            raise ValueError(f"sample {s.id!r} has no scoring data: the pdms reward needs it")
+            continue
         plans = np.stack([completions[i].trajectory for i in idx])
-        out[idx] = score_plans(load_scoring(Path(root), s), plans).pdms
+        try:
+            out[idx] = score_sample(Path(root), s, plans).pdms
+        except (OSError, ValueError) as e:  # a broken cache: no score, say why
+            logging.getLogger(__name__).warning(
+                "pdms reward: sample %r not scored: %s: %s", s.id, type(e).__name__, e
+            )
     return out
 
 

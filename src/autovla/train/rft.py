@@ -229,7 +229,7 @@ class _Run:
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
         terms = total_reward(rep, rep_roots, comps, **cfg.reward.model_dump())
-        adv, group_std = self.advantages(terms["total"])
+        adv, group_std, keep = self.advantages(terms["total"])
 
         per = cfg.train.forward_prompts or len(items)
         chunks = [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]
@@ -246,8 +246,12 @@ class _Run:
             for ch in chunks
         ]
         ids = [[plans[r].completion_ids for r in rs] for rs in rows]
-        masks = [padded([plans[r].sampled_mask for r in rs], torch.float32, acc.device)
-                 for rs in rows]  # fmt: skip
+        # tokens of unscored groups do not count (no advantage, no KL, no statistics)
+        masks = [
+            padded([plans[r].sampled_mask for r in rs], torch.float32, acc.device)
+            * torch.as_tensor(keep[rs], dtype=torch.float32, device=acc.device)[:, None]
+            for rs in rows
+        ]
         phases: list[torch.Tensor | None] = [None] * len(rows)
         if g.constrained_logprobs:
             phases = [padded([sampled_phases(plans[r].sampled_mask) for r in rs], torch.long,
@@ -292,24 +296,37 @@ class _Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats.update(grad_norm=grad_norm, lr=lr, gen_s=t_gen, step_s=time.perf_counter() - t0)
-        return step_stats(samples, plans, terms, G, stats, group_std=group_std)
+        # a group with a NaN driving score (a scene that could not be scored) is left out of
+        # the loss above and of the reward statistics, and counted
+        groups = keep[::G]
+        stats["unscored_groups"] = float((~groups).sum())
+        kept = {k: v[keep] for k, v in terms.items()}
+        return step_stats([s for s, ok in zip(samples, groups, strict=True) if ok],
+                          [p for p, ok in zip(plans, keep, strict=True) if ok],
+                          kept, G, stats, group_std=group_std)  # fmt: skip
 
-    def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float]:
-        """Advantages of this process's completions (sample-major) and the summed std of the
-        rewards in each group; spanning groups are gathered from every process first."""
+    def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float, np.ndarray]:
+        """Advantages of this process's completions (sample-major), the summed std of the
+        rewards in each group, and which completions count: groups with a non-finite reward
+        get zero advantage and are left out. Spanning groups are gathered first."""
         g, acc, G = self.cfg.grpo, self.acc, self.local_group
         r = torch.as_tensor(np.asarray(totals, dtype=np.float64)).view(-1, G)
         if self.span:
             world, rank = acc.num_processes, acc.process_index
             full = acc.gather(r.to(acc.device)).cpu().view(world, -1, G)
             r = full.permute(1, 0, 2).reshape(-1, world * G)  # (B, G): every process's slice
+            ok = torch.isfinite(r).all(1)
+            r = torch.where(ok[:, None], r, 0.0)
             adv = group_advantages(r.flatten(), world * G, g.scale_advantages)
             adv = adv.view(-1, world, G)[:, rank].flatten()
         else:
+            ok = torch.isfinite(r).all(1)
+            r = torch.where(ok[:, None], r, 0.0)
             adv = group_advantages(r.flatten(), G, g.scale_advantages)
         # every spanning process reports the same groups: `summarise` divides by all of them
         std = float(r.std(1, unbiased=True).sum())
-        return adv.to(acc.device, torch.float32), std
+        keep = ok.repeat_interleave(G).numpy()
+        return adv.to(acc.device, torch.float32), std, keep
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, step: int) -> Path | None:

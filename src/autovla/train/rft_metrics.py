@@ -83,6 +83,7 @@ def summarise(window: list[dict[str, float]], acc: Any = None) -> dict[str, floa
         "chars_complex": share("chars_complex", "n_complex"),
         "chars_straightforward": share("chars_straightforward", "n_straightforward"),
         "reasoning_chars": t["reasoning_chars"] / n,
+        "unscored_groups": t.get("unscored_groups", 0.0),  # summed over window and processes
         "grad_norm": window[-1]["grad_norm"],
         "lr": window[-1]["lr"],
         "gen_s": t["gen_s"] / steps,
