@@ -48,11 +48,25 @@ def test_plan_prints_and_saves(model_dir, tmp_path):
     assert (out / f"plan_{samples[1].id}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plan_decoding_paths_agree(model_dir, tmp_path):
+    root, samples = dataset()
+    saved = {}
+    for decoding in ("reference", "fast"):
+        out = tmp_path / decoding
+        args = ["--id", samples[2].id, "--mode", "slow", "--decoding", decoding, "--out", str(out)]
+        res = runner.invoke(app, ["plan", "--model", str(model_dir), "--data", str(root), *args])
+        assert res.exit_code == 0, res.output
+        saved[decoding] = json.loads((out / f"plan_{samples[2].id}.json").read_text())
+    for key in ("text", "action_ids", "trajectory", "reasoning"):
+        assert saved["fast"][key] == saved["reference"][key]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--id", "nope"], "no sample with id 'nope'"),
         (["--mode", "medium"], "--mode must be"),
+        (["--decoding", "static"], "--decoding must be"),
         (["--index", "0", "--id", "m000"], "not both"),
     ],
 )

@@ -273,7 +273,7 @@ def test_two_processes_stay_in_sync(sft_dir, tmp_path, span):
         # made-up rewards: prompt j, completion k of rank r -> 10 j + 2 k + r
         G = run.local_group
         totals = np.array([10.0 * j + 2 * k + rank for j in range(2) for k in range(G)])
-        adv, std, _ = run.advantages(totals)
+        adv, std, _keep = run.advantages(totals)
         out = {{"sum": total, "n": s["n"], "world": run.acc.num_processes, "ids": ids,
                "adv": adv.cpu().tolist(), "std": std}}
         path = {str(tmp_path)!r} + "/rank" + str(rank) + ".json"

@@ -136,6 +136,18 @@ ACTION_CHOICE_HELP = (
 )
 
 
+DECODING_HELP = (
+    "Decoding path: fast (static cache), reference (dynamic cache, one forward per step) or "
+    "auto (fast where the model's attention supports it). Both give the same plans."
+)
+
+
+def check_decoding(decoding: str) -> None:
+    """The CLI's --decoding, checked before any model is loaded."""
+    if decoding not in ("auto", "fast", "reference"):
+        raise fail(f"--decoding must be auto, fast or reference, got {decoding!r}")
+
+
 def check_action_choice(action_choice: str) -> None:
     """The CLI's --action-choice, checked before any model is loaded."""
     if action_choice not in ("argmax", "expected"):

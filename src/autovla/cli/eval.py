@@ -9,18 +9,34 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
+from autovla.cli.common import (
+    ACTION_CHOICE_HELP,
+    DECODING_HELP,
+    check_action_choice,
+    check_decoding,
+    console,
+    fail,
+    table,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int, action_choice: str):
+def _model_plan_fn(
+    model: Path, mode: str, num_samples: int, seed: int, action_choice: str, decoding: str
+):
     """The model planner behind the evaluation interface."""
     from autovla.eval.planner_adapter import planner_plan_fn
 
     check_action_choice(action_choice)
+    check_decoding(decoding)
     return planner_plan_fn(
-        model, mode=mode, num_samples=num_samples, seed=seed, action_choice=action_choice
+        model,
+        mode=mode,
+        num_samples=num_samples,
+        seed=seed,
+        action_choice=action_choice,
+        decoding=decoding,
     )
 
 
@@ -39,6 +55,7 @@ def open_loop(
     codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     num_samples: int = typer.Option(1, min=1, help="Plans sampled per scene (best-of-K)."),
     batch_size: int = typer.Option(8, min=1),
     limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N samples."),
@@ -74,7 +91,7 @@ def open_loop(
             from autovla.model.checkpoint import CheckpointError
 
             try:
-                plan_fn = _model_plan_fn(model, mode, num_samples, seed, action_choice)
+                plan_fn = _model_plan_fn(model, mode, num_samples, seed, action_choice, decoding)
             except CheckpointError as e:
                 raise fail(str(e)) from None
         results = run_open_loop(
@@ -90,6 +107,7 @@ def open_loop(
             config={
                 "mode": mode,
                 "action_choice": action_choice,
+                "decoding": decoding,
                 "num_samples": num_samples,
                 "codebook": str(codebook) if codebook else None,
             },
@@ -198,6 +216,7 @@ def closed_loop(
     types: list[str] = typer.Option([], "--types", help="Scenario types (default: all, in turn)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     gif: list[int] = typer.Option([], "--gif", help="Save an animated GIF of episode N."),
     overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
     report: bool = typer.Option(True, help="Also write report.html."),
@@ -221,7 +240,7 @@ def closed_loop(
         from autovla.model.checkpoint import CheckpointError
 
         try:
-            plan_fn = _model_plan_fn(model, mode, 1, seed, action_choice)
+            plan_fn = _model_plan_fn(model, mode, 1, seed, action_choice, decoding)
         except CheckpointError as e:
             raise fail(str(e)) from None
     try:

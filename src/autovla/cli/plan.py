@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
+from autovla.cli.common import (
+    ACTION_CHOICE_HELP,
+    DECODING_HELP,
+    check_action_choice,
+    check_decoding,
+    console,
+    fail,
+    table,
+)
 
 
 def plan(
@@ -19,6 +27,7 @@ def plan(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(None, help="Write plan.png and plan.json here."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
@@ -37,6 +46,7 @@ def plan(
     if mode not in ("auto", "fast", "slow"):
         raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
     check_action_choice(action_choice)
+    check_decoding(decoding)
     if index is not None and sample_id is not None:
         raise fail("give --index or --id, not both")
     sample = _pick(iter_samples(data, split), index or 0, sample_id)
@@ -47,7 +57,7 @@ def plan(
     dtype = torch.bfloat16 if dev.startswith("cuda") else None
     vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
     root = dataset_root(data)
-    (res,) = Planner(vla, action_choice=action_choice).plan(
+    (res,) = Planner(vla, action_choice=action_choice, decoding=decoding).plan(
         [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
     )
     console.print(

@@ -22,6 +22,7 @@ from autovla.data.schema import FUTURE_STEPS, STEP_SECONDS
 from autovla.io import write_json
 from autovla.model.backbone import (
     QWEN_3B_ID,
+    Preset,
     build_random,
     get_preset,
     load_pretrained,
@@ -148,6 +149,11 @@ class AutoVLA:
         return vla
 
 
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """An AutoVLA model directory (as opposed to, e.g., a pretrained Qwen2.5-VL one)."""
+    return (Path(path) / INFO_FILE).is_file()
+
+
 def check_chat_template(processor: Any) -> None:
     """The chat template renders a minimal conversation (a broken one would fail at plan time)."""
     messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
@@ -272,7 +278,7 @@ def add_tokens_to_model(vla_model: Any, tokenizer: Any, fmt: PromptFormat, num_a
 
 
 def build_model(
-    preset: str,
+    preset: str | Preset,
     codebook: Any,
     seed: int = 0,
     fmt: str | os.PathLike | PromptFormat | None = None,
@@ -284,7 +290,8 @@ def build_model(
     action_init: str = "mean",
     number_init: bool = False,
 ) -> AutoVLA:
-    """A fresh AutoVLA: a preset backbone plus the codebook's action tokens.
+    """A fresh AutoVLA: a preset backbone (a name, or a `Preset`, e.g. a preset with fewer
+    layers) plus the codebook's action tokens.
 
     For `qwen2.5-vl-3b` the pretrained weights are loaded from `source` (default: the hub id,
     from the local cache only) when available; otherwise the architecture is built from its
@@ -296,7 +303,7 @@ def build_model(
     """
     import torch
 
-    p = get_preset(preset)
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     fmt_obj = load_format(fmt)
     info: dict[str, Any] = {"preset": p.name, "pixels": p.pixels, "seed": seed}
     resolved = None
@@ -324,8 +331,8 @@ def build_model(
             raise ValueError("number_init is for random-weight builds (pretrained rows are kept)")
         number_init_rows(model, processor.tokenizer, seed=seed)
     info["number_init"] = number_init
-    if dtype is not None:
-        model.to(dtype)
+    # Created (or loaded) in `dtype` already; `model.to(dtype)` would also round the rotary
+    # embeddings' float32 inverse frequencies, which a reloaded model keeps in float32.
     model.to(device)
     model.eval()
     vla = AutoVLA(model, processor, codebook, fmt_obj, start, info)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -45,8 +46,10 @@ class MemoryImages:
 Root = str | os.PathLike | MemoryImages
 
 
-def load_videos(sample: DrivingSample, root: Root) -> list[list[Image.Image]]:
-    """One video (list of RGB frames, oldest first) per camera, in the standard camera order."""
+def load_videos(sample: DrivingSample, root: Root) -> list[torch.Tensor]:
+    """One video per camera, in the standard camera order: uint8 [frames, 3, H, W], oldest
+    frame first. (The processor gives the same pixels for these as for PIL frames, and
+    resizes full-size camera frames about 3x faster from tensors.)"""
     memory = root if isinstance(root, MemoryImages) else None
     root = Path(root) if memory is None else root
     videos = []
@@ -70,7 +73,8 @@ def load_videos(sample: DrivingSample, root: Root) -> list[list[Image.Image]]:
                 f"sample {sample.id!r}, field 'cameras.{cam}': "
                 f"frames differ in size {sorted(sizes)}"
             )
-        videos.append(frames)
+        video = np.stack([np.asarray(f) for f in frames])  # [T, H, W, 3]
+        videos.append(torch.from_numpy(video).permute(0, 3, 1, 2))
     return videos
 
 

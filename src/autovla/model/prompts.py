@@ -128,7 +128,7 @@ class PromptFormat(StrictModel):
     action_open: str
     action_close: str
     structure_tokens: list[str] = Field(default_factory=list)
-    max_reasoning_tokens: int = Field(default=256, ge=1)
+    max_reasoning_tokens: int = Field(default=512, ge=1)
 
     @field_validator("user_state")
     @classmethod
