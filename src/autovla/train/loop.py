@@ -50,6 +50,7 @@ from autovla.train.distributed import (
     make_accelerator,
     out_of_time,
 )
+from autovla.train.lora_merge import MergedSaver
 from autovla.train.schedule import lr_at
 from autovla.train.tracking import Tracker
 
@@ -112,6 +113,9 @@ class Run:
         with self.closed_on_error():
             self._open()
             self.resume_from = self._resume_point()
+            self.resume_state: dict[str, Any] = {}
+            if self.resume_from is not None:
+                self.resume_state = ckpt.load_trainer_state(self.resume_from)
             check_sources(sources_of(cfg.data.datasets))  # before the slow model load
             set_seed(t.seed)
             self._build_model()
@@ -141,7 +145,6 @@ class Run:
         """accelerate.prepare, then the trainer state of the checkpoint resumed from."""
         self.start_step, self.start_samples = 0, 0
         if self.resume_from is not None:
-            self.resume_state = ckpt.load_trainer_state(self.resume_from)
             self.start_step = int(self.resume_state["step"])
             self.start_samples = int(self.resume_state.get("samples_seen", 0))
         module = wrap(self.raw) if wrap is not None else self.raw
@@ -174,11 +177,10 @@ class Run:
         # With LoRA the checkpoint's model files hold merged weights: rebuild the base and
         # load the adapter instead, so resuming does not merge twice.
         from_ckpt = self.resume_from if (self.resume_from is not None and not lora) else None
-        self.vla = ms.load_vla(self.cfg.model, from_ckpt)
+        # A checkpoint holds the trained weights in float32 and the frozen ones in the dtype
+        # they were loaded in: read all in float32, then put the frozen ones back (both exact).
+        self.vla = ms.load_vla(self.cfg.model, from_ckpt, torch.float32 if from_ckpt else None)
         model = self.vla.model
-        # fp32 master weights: bf16 runs use autocast for the compute, and AdamW on bf16
-        # weights would lose small updates (checkpoints may load in bf16).
-        model.float()
         ms.set_trainable(model, t.freeze_vision, t.freeze_language)
         self.peft = None
         if lora:
@@ -188,6 +190,9 @@ class Run:
                 if adapter is None:
                     raise ValueError(f"{self.resume_from}: no LoRA adapter to resume from")
                 ms.load_adapter_state(self.peft, adapter)
+        frozen = self.resume_state.get("frozen_dtype") if from_ckpt else None
+        # float32 master weights for what trains, the loaded dtype for what does not
+        ms.master_precision(model, getattr(torch, frozen) if frozen else None)
         if t.gradient_checkpointing:
             ms.enable_gradient_checkpointing(model)
         model.train()
@@ -255,21 +260,22 @@ class Run:
             optim = ckpt.gather_optimizer_state(self.model, self.optimizer.optimizer, self.sharded)
         path = None
         if acc.is_main_process:
-            model = self.raw
-            if self.peft is not None:
-                model = ms.merged_copy(self.peft)
+            model: Any = self.raw
+            if self.peft is not None:  # merged while written: no second model in memory
+                model = MergedSaver(self.raw, state_dict)
             elif state_dict is not None:
                 model = _StateDictModel(self.raw, state_dict)
             info = {k: v for k, v in self.vla.info.items() if k not in _OLD_INFO_KEYS}
             info.update(system=self.system, training=record)
-            state = {**record, "world_size": acc.num_processes, "config": dump_config(self.cfg)}
+            state = {**record, "world_size": acc.num_processes, "config": dump_config(self.cfg),
+                     "frozen_dtype": ms.frozen_dtype(self.raw)}  # fmt: skip
             path = ckpt.save_checkpoint(
                 self.ckroot,
                 step,
                 dataclasses.replace(self.vla, model=model, info=info).save_pretrained,
                 optim,
                 state,
-                adapter=ms.adapter_state(self.peft) if self.peft is not None else None,
+                adapter=ms.adapter_state(self.peft, state_dict) if self.peft is not None else None,
                 keep_last=self.cfg.output.keep_last,
             )
         acc.wait_for_everyone()

@@ -36,12 +36,13 @@ def check_codebook(vla: Any, codebook_path: str, where: str) -> None:
         )
 
 
-def load_vla(src: ModelSource, checkpoint: str | Path | None = None) -> Any:
-    """The AutoVLA to train: from `checkpoint` when given, else from the configured source."""
+def load_vla(src: ModelSource, checkpoint: str | Path | None = None, dtype: Any = None) -> Any:
+    """The AutoVLA to train: from `checkpoint` when given (in `dtype`; None: the dtype its
+    config names), else from the configured source."""
     from autovla.model.checkpoint import AutoVLA, build_model, is_model_dir
 
     if checkpoint is not None:
-        vla = AutoVLA.from_pretrained(checkpoint)
+        vla = AutoVLA.from_pretrained(checkpoint, dtype=dtype)
         where = str(checkpoint)
     elif src.path is not None and is_model_dir(src.path):
         vla = AutoVLA.from_pretrained(src.path)
@@ -76,11 +77,35 @@ def set_trainable(model: Any, freeze_vision: bool, freeze_language: bool) -> Non
         model.lm_head.requires_grad_(False)
 
 
+def master_precision(model: Any, frozen_to: torch.dtype | None = None) -> None:
+    """Trainable parameters in float32 (AdamW on bfloat16 weights would lose small updates;
+    bf16 runs compute under autocast); frozen ones stay in the dtype they were loaded in (a
+    bfloat16 base under float32 LoRA adapters: half the memory of an all-float32 model), or
+    go to `frozen_to` (a resumed run putting them back). Buffers are left as they are."""
+    for p in model.parameters():
+        if not p.is_floating_point():
+            continue
+        dtype = torch.float32 if p.requires_grad else frozen_to
+        if dtype is not None and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def frozen_dtype(model: Any) -> str | None:
+    """The dtype of the frozen floating-point parameters (None when everything trains)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad}
+    if len(dtypes) > 1:
+        raise ValueError(f"frozen parameters in several dtypes: {sorted(map(str, dtypes))}")
+    return str(dtypes.pop()).removeprefix("torch.") if dtypes else None
+
+
 def apply_lora(model: Any, cfg: LoraConfig) -> Any:
     """Inject LoRA adapters in place (the base model object now carries them); returns the
-    PeftModel, which is used only to read and write the adapter weights."""
+    PeftModel, which is used only to read and write the adapter weights. Adapters are made in
+    float32 whatever the base's dtype (peft's default)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
+
+    from autovla.train.lora_merge import check_mergeable
 
     pcfg = PeftLoraConfig(
         r=cfg.r,
@@ -89,26 +114,27 @@ def apply_lora(model: Any, cfg: LoraConfig) -> Any:
         target_modules=list(cfg.target_modules),
         bias="none",
     )
-    return get_peft_model(model, pcfg)
+    peft_model = get_peft_model(model, pcfg)
+    check_mergeable(peft_model)
+    return peft_model
 
 
-def adapter_state(peft_model: Any) -> dict[str, torch.Tensor]:
+def adapter_state(
+    peft_model: Any, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapter weights (peft's naming); from `state_dict` when given: a gathered (FSDP)
+    full state dict of the base model with its LoRA layers."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(peft_model)
+    if state_dict is not None:
+        state_dict = {f"base_model.model.{k}": v for k, v in state_dict.items()}
+    return get_peft_model_state_dict(peft_model, state_dict=state_dict)
 
 
 def load_adapter_state(peft_model: Any, state: dict[str, torch.Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(peft_model, state)
-
-
-def merged_copy(peft_model: Any) -> Any:
-    """A deep copy with the adapters merged into the weights (a plain HF model to save)."""
-    import copy
-
-    return copy.deepcopy(peft_model).merge_and_unload()
 
 
 def enable_gradient_checkpointing(model: Any) -> None:

@@ -8,6 +8,7 @@ micro-batches of `sft.batch_size` samples on every process.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -117,9 +118,10 @@ class SFT(Stage):
             prefetch_factor=cfg.data.prefetch_factor if nw else None,
             pin_memory=acc.device.type == "cuda",
         )
+        # made now, not at the first step: the iterator draws its seed from the torch RNG,
+        # which a resumed run restores after this call (a draw after it would shift dropout)
         micro = iter(loader)
-        while True:
-            yield [next(micro) for _ in range(s.grad_accum)]
+        return ([next(micro) for _ in range(s.grad_accum)] for _ in itertools.count())
 
     def step(self, batch: list[dict[str, Any]], step: int) -> dict[str, torch.Tensor]:
         s, acc, dev = self.cfg.sft, self.acc, self.acc.device
