@@ -360,47 +360,75 @@ def _weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 _FSDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from pathlib import Path
 from autovla.train import checkpointing as ckpt
 
 dist.init_process_group("gloo")
-rank, out = dist.get_rank(), sys.argv[1]
+rank, out, version = dist.get_rank(), Path(sys.argv[1]), sys.argv[2]
+
+def plain():
+    torch.manual_seed(0)  # 5 output rows: uneven shards (3 + 2) over two processes
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2))
 
 def build():
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 2))
-    m = FSDP(m, device_id=torch.device("cpu"), use_orig_params=True)
+    m = plain()
+    if version == "1":
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        m = FSDP(m, device_id=torch.device("cpu"), use_orig_params=True)
+    else:  # FSDP2, what configs/accelerate/fsdp.yaml asks for
+        from torch.distributed.fsdp import fully_shard
+        for layer in m:
+            fully_shard(layer)
+        fully_shard(m)
     return m, torch.optim.AdamW(m.parameters(), lr=0.1)
+
+def same(a, b):
+    assert set(a["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}, a["state"]
+    for name, entry in a["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(entry[key], b["state"][name][key].cpu()), (name, key)
+        assert entry["exp_avg"].abs().sum() > 0
 
 model, opt = build()
 torch.manual_seed(rank)
 model(torch.randn(3, 4)).sum().backward()
 opt.step()
 state = ckpt.gather_optimizer_state(model, opt, sharded=True)  # a collective
-path = None
+# gathered on the main process (format 2) ...
 if rank == 0:
-    save = lambda d: d.mkdir(parents=True, exist_ok=True)
-    path = ckpt.save_checkpoint(out, 1, save, state, {})
-dist.barrier()  # written before anyone reads it
-model2, opt2 = build()
-path = out + "/" + ckpt.checkpoint_name(1)
-assert ckpt.restore_optimizer(path, model2, opt2, sharded=True, is_main=rank == 0)
-again = ckpt.gather_optimizer_state(model2, opt2, sharded=True)
-if rank == 0:
-    assert set(state["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}, state["state"]
-    for name, entry in state["state"].items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(entry[key], again["state"][name][key]), (name, key)
-            assert entry[key].abs().sum() > 0
-    print("moments kept")
+    ckpt.save_checkpoint(out, 1, lambda d: d.mkdir(parents=True, exist_ok=True), state, {})
+# ... and every process writing its own slices (format 3, what FSDP2 runs save)
+paths = [out / ckpt.checkpoint_name(1)]
+if version == "2":
+    ckpt.save_sharded_optimizer(model, opt, out / "sharded" / ckpt.TRAINER_DIR, rank == 0)
+    paths.append(out / "sharded")
+dist.barrier()  # written before anyone reads them
+for path in paths:
+    model2, opt2 = build()
+    assert ckpt.restore_optimizer(path, model2, opt2, sharded=True, is_main=rank == 0)
+    again = ckpt.gather_optimizer_state(model2, opt2, sharded=True)
+    if rank == 0:
+        same(state, again)
 dist.destroy_process_group()
+if rank == 0 and version == "1":
+    print("moments kept")
+if rank == 0 and version == "2":  # the slices of two processes read back by one, unsharded
+    shards = sorted(p.name for p in (paths[1] / ckpt.TRAINER_DIR / "optimizer").iterdir())
+    m3 = plain()
+    opt3 = torch.optim.AdamW(m3.parameters(), lr=0.1)
+    assert ckpt.restore_optimizer(out / "sharded", m3, opt3, sharded=False, is_main=True)
+    same(state, ckpt.gather_optimizer_state(m3, opt3, sharded=False))
+    print("moments kept", shards)
 """
 
 
 @pytest.mark.slow
-def test_fsdp_optimiser_state_survives_a_checkpoint(tmp_path):
-    """Two CPU processes shard a model with FSDP: the AdamW moments gathered into a checkpoint
-    come back into the shards of a fresh model (what resuming an FSDP run does)."""
+@pytest.mark.parametrize("version", ["1", "2"], ids=["fsdp1", "fsdp2"])
+def test_fsdp_optimiser_state_survives_a_checkpoint(tmp_path, version):
+    """Two CPU processes shard a model with FSDP: the AdamW moments, gathered into a checkpoint
+    (FSDP1) or written as each process's own slices (FSDP2, torch.distributed.checkpoint), come
+    back into the shards of a fresh model (what resuming an FSDP run does), and the slices also
+    into one unsharded process (resuming on another number of processes)."""
     script = tmp_path / "fsdp.py"
     script.write_text(_FSDP_SCRIPT)
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -411,7 +439,9 @@ def test_fsdp_optimiser_state_survives_a_checkpoint(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
-           str(tmp_path / "ck")]  # fmt: skip
+           str(tmp_path / "ck"), version]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "moments kept" in proc.stdout
+    if version == "2":
+        assert "shard-00001" in proc.stdout and "shard-00002" in proc.stdout  # one file each

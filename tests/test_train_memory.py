@@ -202,3 +202,15 @@ def test_bf16_base_resumes_to_the_bit(lora, tmp_path):
     assert a[vision].dtype == torch.bfloat16
     language = a["model.layers.0.mlp.up_proj.weight"].dtype
     assert language == (torch.bfloat16 if lora else torch.float32)  # fp32 masters saved
+
+
+def test_precision_fp32_keeps_even_the_frozen_weights_in_float32(tmp_path):
+    from autovla.train.loop import Run
+
+    cfg = _cfg(tmp_path, "f", bf16_model(), train={"precision": "fp32"})
+    run = Run(cfg)
+    try:
+        assert {p.dtype for p in run.raw.parameters()} == {torch.float32}
+        assert not all(p.requires_grad for p in run.raw.parameters())  # vision frozen
+    finally:
+        run.close()

@@ -5,14 +5,19 @@
         trainer/state.json                stage, step, samples seen, how the run stopped,
                                           config, world size, python/numpy RNG
         trainer/optimizer.safetensors     AdamW moments by parameter name (+ optimizer.json)
+        trainer/optimizer/                FSDP / DeepSpeed runs instead: every process's own
+                                          slices of the moments (+ optimizer.json)
         trainer/rng.safetensors           torch CPU (and CUDA) generator states
         trainer/adapter.safetensors       LoRA weights (only with LoRA)
 
 No pickle: tensors go to safetensors, everything else to JSON. The optimiser state goes through
-torch.distributed.checkpoint's state-dict API, so FSDP runs keep it too. A checkpoint is
-written under a temporary name, fsynced and renamed, so a crash or a kill never leaves a
-half-written one that looks complete; `latest_checkpoint` only considers directories with
-trainer/state.json, and the next run removes the temporary leftovers.
+torch.distributed.checkpoint's state-dict API. A sharded run does not gather it: each process
+writes its slices with torch.distributed.checkpoint (its safetensors storage, whose files name
+the slices they hold), and a resumed run reads back the slices it needs, whatever the number
+of processes (one process, DDP or FSDP); such a checkpoint needs a folder every process can
+write. A checkpoint is written under a temporary name, fsynced and renamed, so a crash or a
+kill never leaves a half-written one that looks complete; `latest_checkpoint` only considers
+directories with trainer/state.json, and the next run removes the temporary leftovers.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 # --- optimiser state <-> safetensors + JSON ----------------------------------------------------
 OPTIMIZER_FORMAT = 2  # keyed by parameter name (format 1, by position, is not read any more)
+SHARDED_OPTIMIZER_FORMAT = 3  # the same names, the tensors in trainer/optimizer/ (DCP shards)
+OPTIMIZER_SHARDS = "optimizer"
 
 
 def gather_optimizer_state(model: Any, optimizer: Any, sharded: bool) -> dict[str, Any]:
@@ -75,30 +82,53 @@ def gather_optimizer_state(model: Any, optimizer: Any, sharded: bool) -> dict[st
     return get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser state dict into tensors (safetensors) and plain data (JSON)."""
+def _split_state(
+    state: dict[str, Any], fmt: int = OPTIMIZER_FORMAT
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser state dict as tensors named `<parameter>.<key>` and the plain rest."""
     tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {
-        "format": OPTIMIZER_FORMAT,
-        "param_groups": state["param_groups"],
-        "state": {},
-    }
-    storages: set[int] = set()
+    plain: dict[str, Any] = {"format": fmt, "param_groups": state["param_groups"], "state": {}}
     for pid, entry in state["state"].items():
         meta = {}
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().contiguous()
-                ptr = value.untyped_storage().data_ptr()
-                if ptr in storages:  # gathered FSDP states can be views of one buffer
-                    value = value.clone()
-                storages.add(ptr)
                 tensors[f"{pid}.{name}"] = value
                 meta[name] = "tensor"
             else:
                 meta[name] = value
         plain["state"][str(pid)] = meta
     return tensors, plain
+
+
+def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into tensors (safetensors) and plain data (JSON)."""
+    tensors, plain = _split_state(state)
+    storages: set[int] = set()
+    for key, value in tensors.items():
+        value = value.detach().cpu().contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        if ptr in storages:  # gathered FSDP states can be views of one buffer
+            value = value.clone()
+        storages.add(ptr)
+        tensors[key] = value
+    return tensors, plain
+
+
+def save_sharded_optimizer(model: Any, optimizer: Any, trainer_dir: Path, is_main: bool) -> None:
+    """FSDP / DeepSpeed: every process writes its own slices of the optimiser state into
+    `trainer_dir/optimizer/` through torch.distributed.checkpoint (nothing is gathered);
+    the main process writes optimizer.json. Call on every process, with the same folder."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    tensors, plain = _split_state(
+        get_optimizer_state_dict(model, optimizer), SHARDED_OPTIMIZER_FORMAT
+    )
+    shards = trainer_dir / OPTIMIZER_SHARDS
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(shards), save_distributed=True))
+    if is_main:
+        write_json(trainer_dir / "optimizer.json", plain)
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
@@ -117,17 +147,21 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict[str, Any])
     return {"state": state, "param_groups": groups}
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"torch_cpu": torch.get_rng_state()}
+def rng_state() -> dict[str, Any]:
+    """This process's generator states: torch CPU (and CUDA) tensors, python and numpy."""
+    version, inner, gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": [version, list(inner), gauss],
+        "numpy": _jsonable(np.random.get_state(legacy=False)),
+    }
     if torch.cuda.is_available():
         out["torch_cuda"] = torch.cuda.get_rng_state()
     return out
 
 
-def _python_numpy_rng() -> dict[str, Any]:
-    version, inner, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    return {"python": [version, list(inner), gauss], "numpy": _jsonable(np_state)}
+def _rank_key(key: str, rank: int) -> str:
+    return key if rank == 0 else f"{key}.rank{rank}"
 
 
 def _jsonable(x: Any) -> Any:
@@ -148,21 +182,22 @@ def save_checkpoint(
     state: dict[str, Any],
     adapter: dict[str, torch.Tensor] | None = None,
     keep_last: int | None = None,
+    tmp: Path | None = None,
+    rng: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint `step` under `root` (model via `save_model(dir)`); returns its path.
 
     Everything is written under a temporary name, fsynced, renamed into place and the folder
     fsynced, before older checkpoints are rotated away: a crash at any point leaves the
-    previous complete checkpoint. Main process only (gather the optimiser state first).
+    previous complete checkpoint. Main process only (gather the optimiser state first, or let
+    every process write its shards into `tmp`, from `temp_dir`, before). `rng`: every
+    process's `rng_state()` (default: this process's), so each resumes its own draws.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = tmp or temp_dir(root, step)
     try:
-        _write_into(tmp, step, save_model, optimizer_state, state, adapter)
+        _write_into(tmp, step, save_model, optimizer_state, state, adapter, rng or [rng_state()])
     except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -180,6 +215,17 @@ def save_checkpoint(
     return final
 
 
+def temp_dir(root: str | os.PathLike, step: int) -> Path:
+    """The empty folder checkpoint `step` is written into before its rename (main process)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{checkpoint_name(step)}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
 def _write_into(
     tmp: Path,
     step: int,
@@ -187,6 +233,7 @@ def _write_into(
     optimizer_state: dict[str, Any] | None,
     state: dict[str, Any],
     adapter: dict[str, torch.Tensor] | None,
+    rng: list[dict[str, Any]],
 ) -> None:
     from safetensors.torch import save_file
 
@@ -197,14 +244,21 @@ def _write_into(
         tensors, plain = optimizer_to_flat(optimizer_state)
         save_file(tensors, str(tdir / "optimizer.safetensors"))
         write_json(tdir / "optimizer.json", plain)
-    save_file(_rng_tensors(), str(tdir / "rng.safetensors"))
+    # process 0 under the plain names, process r under `<name>.rank<r>`
+    rng_tensors = {_rank_key(k, r): v for r, st in enumerate(rng) for k, v in st.items()
+                   if isinstance(v, torch.Tensor)}  # fmt: skip
+    save_file(rng_tensors, str(tdir / "rng.safetensors"))
     if adapter is not None:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in adapter.items()},
             str(tdir / "adapter.safetensors"),
         )
     # state.json last: its presence marks the checkpoint complete.
-    write_json(tdir / STATE_FILE, {**state, "step": step, "rng": _python_numpy_rng()})
+    plain_rng = [{k: st[k] for k in ("python", "numpy")} for st in rng]
+    state = {**state, "step": step, "rng": plain_rng[0]}
+    if len(rng) > 1:
+        state["rng_ranks"] = plain_rng[1:]
+    write_json(tdir / STATE_FILE, state)
     _fsync_tree(tmp)
 
 
@@ -310,14 +364,18 @@ def restore_optimizer(
     if not meta.is_file():
         return False
     plain = read_json(meta)
-    if plain.get("format") != OPTIMIZER_FORMAT:
+    fmt = plain.get("format")
+    if fmt not in (OPTIMIZER_FORMAT, SHARDED_OPTIMIZER_FORMAT):
         return False
-    loaded: dict[str, Any] = {}
-    if is_main or not sharded:
-        loaded = optimizer_from_flat(load_file(str(tdir / "optimizer.safetensors")), plain)
-    opts = StateDictOptions(full_state_dict=sharded, broadcast_from_rank0=sharded)
     try:
-        set_optimizer_state_dict(model, optimizer, loaded, options=opts)
+        if fmt == SHARDED_OPTIMIZER_FORMAT:
+            _load_sharded_optimizer(tdir / OPTIMIZER_SHARDS, model, optimizer, plain)
+        else:
+            loaded: dict[str, Any] = {}
+            if is_main or not sharded:
+                loaded = optimizer_from_flat(load_file(str(tdir / "optimizer.safetensors")), plain)
+            opts = StateDictOptions(full_state_dict=sharded, broadcast_from_rank0=sharded)
+            set_optimizer_state_dict(model, optimizer, loaded, options=opts)
         if not sharded:
             _check_shapes(model, optimizer)
     except (ValueError, KeyError, RuntimeError) as e:
@@ -326,6 +384,28 @@ def restore_optimizer(
             f"LoRA toggled?): {e}"
         ) from e
     return True
+
+
+def _load_sharded_optimizer(shards: Path, model: Any, optimizer: Any, plain: dict) -> None:
+    """Read the slices this process holds (all of it when not sharded) from the shards that
+    torch.distributed.checkpoint wrote, in place into this optimiser's state; every process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    # this run's state as the template: its tensor names, shapes and sharding
+    tensors, _ = _split_state(get_optimizer_state_dict(model, optimizer))
+    saved = {f"{pid}.{name}" for pid, meta in plain["state"].items() for name, v in meta.items()
+             if v == "tensor"}  # fmt: skip
+    if saved != set(tensors):
+        missing, extra = sorted(set(tensors) - saved), sorted(saved - set(tensors))
+        raise ValueError(f"state of other parameters (not saved: {missing[:3]}, not in this "
+                         f"run: {extra[:3]})")  # fmt: skip
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(shards)))
+    set_optimizer_state_dict(model, optimizer, optimizer_from_flat(tensors, plain))
 
 
 def _check_shapes(model: Any, optimizer: Any) -> None:
@@ -347,14 +427,20 @@ def load_adapter(ckpt: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.is_file() else None
 
 
-def restore_rng(ckpt: str | os.PathLike, state: dict[str, Any]) -> None:
+def restore_rng(ckpt: str | os.PathLike, state: dict[str, Any], rank: int = 0) -> None:
+    """Restore process `rank`'s generators (process 0's where the checkpoint has no states of
+    that process: another number of processes, or a checkpoint from before per-process
+    states)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(Path(ckpt) / TRAINER_DIR / "rng.safetensors"))
-    torch.set_rng_state(tensors["torch_cpu"])
-    if "torch_cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["torch_cuda"])
-    rng = state.get("rng") or {}
+    own = rank > 0 and _rank_key("torch_cpu", rank) in tensors
+    r = rank if own else 0
+    torch.set_rng_state(tensors[_rank_key("torch_cpu", r)])
+    if _rank_key("torch_cuda", r) in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[_rank_key("torch_cuda", r)])
+    ranks = state.get("rng_ranks") or []
+    rng = (ranks[rank - 1] if own and rank - 1 < len(ranks) else state.get("rng")) or {}
     if "python" in rng:
         version, inner, gauss = rng["python"]
         random.setstate((version, tuple(inner), gauss))

@@ -113,7 +113,10 @@ class TrainConfig(StrictModel):
         default=None, gt=0, description="stop (with a checkpoint) after this much training time"
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+        default="auto",
+        description="auto: bf16 autocast on GPU, none on CPU; fp32: no autocast and the frozen "
+        "weights in float32 too (otherwise they keep the dtype they load in, bf16 for the 3B "
+        "model); trained weights are float32 always",
     )
     device: Literal["auto", "cpu"] = "auto"
     freeze_vision: bool = True

@@ -3,6 +3,7 @@ on (a time budget, a signal, a bad step), and the replica check."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,29 @@ def is_sharded(acc: Any) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+class LaunchError(ValueError):
+    """A launch configuration this machine cannot run as asked."""
+
+
+def is_deepspeed(acc: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def check_launch(acc: Any) -> None:
+    """accelerate runs FSDP and DeepSpeed on GPUs only: launched with such a config on the CPU
+    it quietly trains with plain DDP (`Accelerator(cpu=True)` never selects them). Say so."""
+    for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(env, "").lower() == "true" and not is_sharded(acc):
+            raise LaunchError(
+                f"launched with an accelerate {name} config, but accelerate runs {name} on GPUs "
+                f"only: on the CPU (train.device=cpu, or no GPU) this would train with plain "
+                "DDP, unsharded; launch with configs/accelerate/cpu-2proc.yaml instead (see "
+                "docs/distributed.md)"
+            )
+
+
 def make_accelerator(device: str, precision: str) -> Any:
     """CPU (fp32 unless asked) when there is no GPU or device='cpu'; bf16 on GPU by default.
     Gradient accumulation is the stages' own (explicit loss scaling and `no_sync`)."""
@@ -32,7 +56,9 @@ def make_accelerator(device: str, precision: str) -> Any:
     old = AcceleratorState._shared_state
     if old and (old.get("_mixed_precision") != precision or (cpu and old["device"].type != "cpu")):
         AcceleratorState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision=precision)
+    acc = Accelerator(cpu=cpu, mixed_precision=precision)
+    check_launch(acc)
+    return acc
 
 
 def agree(acc: Any, flags: list[bool]) -> list[bool]:

@@ -46,6 +46,7 @@ from autovla.train.data import check_sources, sources_of
 from autovla.train.distributed import (
     agree,
     check_replicas,
+    is_deepspeed,
     is_sharded,
     make_accelerator,
     out_of_time,
@@ -57,6 +58,14 @@ from autovla.train.tracking import Tracker
 StopReason = Literal["steps", "time", "interrupt"]
 # checkpoint info keys of earlier layouts, dropped when a model trained with them is saved again
 _OLD_INFO_KEYS = ("sft", "stage", "rft_step")
+
+
+# torch.distributed.checkpoint cannot read DeepSpeed's ZeRO optimiser, and DeepSpeed's own
+# checkpoints are pickles: DeepSpeed runs keep no optimiser state (docs/distributed.md)
+_DEEPSPEED_OPTIMIZER = (
+    "DeepSpeed: checkpoints hold the weights but not the AdamW moments, which start afresh "
+    "on resuming; launch with configs/accelerate/fsdp.yaml to keep them"
+)
 
 
 class TrainingDivergedError(ValueError):
@@ -87,7 +96,7 @@ class Run:
     `wrap` puts a module around the model before `accelerate.prepare` (the forward DDP must
     see); `refuse_sharded` is the message for stages that cannot run under FSDP / DeepSpeed;
     `system` is the prompt kind the model is trained with (None: the one the model was saved
-    with).
+    with); `micro_batch` the samples per process of one forward (DeepSpeed's bookkeeping).
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class Run:
         wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         refuse_sharded: str | None = None,
         system: SystemKind | None = None,
+        micro_batch: int = 1,
     ):
         from accelerate.utils import set_seed
 
@@ -105,6 +115,11 @@ class Run:
             torch.set_num_threads(t.torch_threads)
         self.acc = make_accelerator(t.device, t.precision)
         self.sharded = is_sharded(self.acc)
+        self.deepspeed = is_deepspeed(self.acc)
+        # FSDP2 runs write their own slices of the optimiser state; FSDP1 (ShardedTensor
+        # states, deprecated by torch) gathers it on the main process
+        self.slices = self.sharded and not self.deepspeed and bool(self.acc.is_fsdp2)
+        self.micro_batch = micro_batch
         if self.sharded and refuse_sharded:
             raise ValueError(refuse_sharded)
         self.out = cfg.output_dir
@@ -148,8 +163,18 @@ class Run:
             self.start_step = int(self.resume_state["step"])
             self.start_samples = int(self.resume_state.get("samples_seen", 0))
         module = wrap(self.raw) if wrap is not None else self.raw
+        if self.deepspeed:
+            # The stages accumulate gradients themselves (`sync` marks the last micro-batch);
+            # DeepSpeed sees one micro-batch per optimiser step and must not scale the loss
+            # again. Its batch size is bookkeeping only (we hand it no data loader).
+            ds = self.acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = self.micro_batch
+            ds["gradient_accumulation_steps"] = 1
+            ds["train_batch_size"] = self.micro_batch * self.acc.num_processes
         self.model, self.optimizer = self.acc.prepare(module, self.optimizer)
-        if self.resume_from is not None and not ckpt.restore_optimizer(
+        if self.deepspeed:
+            self.acc.print(f"warning: {_DEEPSPEED_OPTIMIZER}")
+        elif self.resume_from is not None and not ckpt.restore_optimizer(
             self.resume_from,
             self.model,
             self.optimizer.optimizer,
@@ -190,8 +215,11 @@ class Run:
                 if adapter is None:
                     raise ValueError(f"{self.resume_from}: no LoRA adapter to resume from")
                 ms.load_adapter_state(self.peft, adapter)
+        # float32 master weights for what trains; what does not keeps its loaded dtype (a
+        # bf16 base computes in bf16, also on the CPU), unless precision fp32 asks for float32
         frozen = self.resume_state.get("frozen_dtype") if from_ckpt else None
-        # float32 master weights for what trains, the loaded dtype for what does not
+        if t.precision == "fp32":
+            frozen = "float32"
         ms.master_precision(model, getattr(torch, frozen) if frozen else None)
         if t.gradient_checkpointing:
             ms.enable_gradient_checkpointing(model)
@@ -213,7 +241,10 @@ class Run:
             group["lr"] = self.lr
 
     def sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """Gradient accumulation under DDP: all-reduce the gradients on the last backward only."""
+        """Gradient accumulation: under DDP all-reduce the gradients on the last backward only;
+        under DeepSpeed (whose `backward` also steps) step after the last one only."""
+        if self.deepspeed:
+            self.acc.gradient_state._set_sync_gradients(last)
         return contextlib.nullcontext() if last else self.acc.no_sync(self.model)
 
     def update(self, loss: torch.Tensor | float) -> float:
@@ -254,10 +285,26 @@ class Run:
                 f"{bad or 'on another process'}): not saved, the last checkpoint "
                 f"{ckpt.latest_checkpoint(self.ckroot)} is kept"
             )
-        state_dict = acc.get_state_dict(self.model) if self.sharded else None
-        optim = None
-        if self.sharded or acc.is_main_process:
+        state_dict = acc.get_state_dict(self.model) if self.sharded else None  # gathered
+        optim, tmp = None, None
+        if self.deepspeed:
+            pass  # _DEEPSPEED_OPTIMIZER
+        elif self.slices:  # every process writes its slices of the optimiser state
+            from accelerate.utils import broadcast_object_list
+
+            where = [str(ckpt.temp_dir(self.ckroot, step)) if acc.is_main_process else None]
+            tmp = Path(broadcast_object_list(where)[0])
+            trainer_dir = tmp / ckpt.TRAINER_DIR
+            ckpt.save_sharded_optimizer(
+                self.model, self.optimizer.optimizer, trainer_dir, acc.is_main_process
+            )
+        elif self.sharded or acc.is_main_process:  # FSDP1 gathers: every process calls
             optim = ckpt.gather_optimizer_state(self.model, self.optimizer.optimizer, self.sharded)
+        rng = [ckpt.rng_state()]
+        if acc.num_processes > 1:  # every process's generators, so each resumes its own draws
+            from accelerate.utils import gather_object
+
+            rng = gather_object(rng)
         path = None
         if acc.is_main_process:
             model: Any = self.raw
@@ -277,6 +324,8 @@ class Run:
                 state,
                 adapter=ms.adapter_state(self.peft, state_dict) if self.peft is not None else None,
                 keep_last=self.cfg.output.keep_last,
+                tmp=tmp,
+                rng=rng,
             )
         acc.wait_for_everyone()
         return path
@@ -411,7 +460,7 @@ def _fit(run: Run, stage: Stage) -> Result:
     t_train = 0.0
     batches = stage.batches(run.start_samples)
     if run.resume_from is not None:  # after all set-up, so the steps draw as they would have
-        ckpt.restore_rng(run.resume_from, run.resume_state)
+        ckpt.restore_rng(run.resume_from, run.resume_state, acc.process_index)
     t_start = time.perf_counter()
     try:
         with _StopSignals() as signals:

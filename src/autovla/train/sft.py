@@ -66,7 +66,7 @@ class SFT(Stage):
 
     def __init__(self, cfg: SFTConfig):
         self.cfg, s = cfg, cfg.sft
-        self.run = run = Run(cfg, system=s.variant)
+        self.run = run = Run(cfg, system=s.variant, micro_batch=s.batch_size)
         with run.closed_on_error():  # release the output folder if set-up fails
             self.acc, self.vla = run.acc, run.vla
             self.sources = sources_of(cfg.data.datasets)
