@@ -216,13 +216,13 @@ def save_checkpoint(
 
 
 def temp_dir(root: str | os.PathLike, step: int) -> Path:
-    """The empty folder checkpoint `step` is written into before its rename (main process)."""
+    """The folder checkpoint `step` is written into before its rename, cleared (main
+    process); the writers create it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{checkpoint_name(step)}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
     return tmp
 
 
