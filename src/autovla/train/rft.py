@@ -1,9 +1,9 @@
-"""Reinforcement fine-tuning with GRPO (METHOD section 4), on accelerate.
+"""Reinforcement fine-tuning with GRPO (docs/method.md section 4), on accelerate.
 
 One step, on every process:
 
     B prompts --planner (eval, no grad, constrained decoding)--> B x G completions
-      -> rewards per term -> advantages normalised within each prompt's group of G
+      -> rewards per term (NaN: unscored) -> advantages within each prompt's group of G
       -> reference log-probs (frozen SFT model) -> for each of `num_epochs` updates:
          policy log-probs of the sampled tokens, GRPO loss, backward, clip, optimiser step
 
@@ -43,17 +43,13 @@ from autovla.train import checkpointing as ckpt
 from autovla.train import model_setup as ms
 from autovla.train.data import MixedStream, Source
 from autovla.train.distributed import is_sharded, out_of_time
-from autovla.train.grpo import group_advantages, grpo_loss
-from autovla.train.rewards import Completion, closed_loop_scenario, total_reward
+from autovla.train.grpo import group_advantages, grpo_loss, nan_std
+from autovla.train.rewards import Completion, compute_rewards
 from autovla.train.rft_config import RFTConfig
 from autovla.train.rft_metrics import step_stats, summarise
 from autovla.train.rft_policy import PolicyLogprobs, padded, phase_table, sampled_phases
 from autovla.train.schedule import lr_factor
 from autovla.train.tracking import Tracker
-
-
-class RFTDataError(ValueError):
-    """A training sample the configured reward cannot score (no future, no scoring data)."""
 
 
 @dataclass
@@ -63,19 +59,6 @@ class RFTResult:
     interrupted: bool = False
     train: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def check_rewardable(samples: list[Any], driving_score: str) -> None:
-    for s in samples:
-        if driving_score == "ade" and s.future is None:
-            raise RFTDataError(f"sample {s.id!r}, field 'future': the ade reward needs it")
-        if driving_score == "pdms" and s.scoring is None:
-            raise RFTDataError(f"sample {s.id!r}, field 'scoring': the pdms reward needs it")
-        if driving_score == "closed_loop":
-            try:
-                closed_loop_scenario(s)
-            except ValueError as e:
-                raise RFTDataError(str(e)) from None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -90,6 +73,7 @@ class _Run:
         from accelerate.utils import set_seed
 
         self.cfg = cfg
+        self.reward_terms = cfg.reward.terms()
         t = cfg.train
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
@@ -220,7 +204,6 @@ class _Run:
         cfg, g, acc = self.cfg, self.cfg.grpo, self.acc
         G = self.local_group  # completions per prompt on this process
         samples = [it.sample for it in items]
-        check_rewardable(samples, cfg.reward.driving_score)
         t0 = time.perf_counter()
         plans = self.sample(items, step)
         t_gen = time.perf_counter() - t0
@@ -228,7 +211,7 @@ class _Run:
         rep = [s for s in samples for _ in range(G)]
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
-        terms = total_reward(rep, rep_roots, comps, **cfg.reward.model_dump())
+        terms = compute_rewards(self.reward_terms, cfg.reward.scale, rep, rep_roots, comps)
         adv, group_std = self.advantages(terms["total"])
 
         per = cfg.train.forward_prompts or len(items)
@@ -265,6 +248,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n_rows = len(plans)
+        n_tokens = float(sum(float(m.sum()) for m in masks))
         old: list[torch.Tensor | None] = [None] * len(chunks)
         stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "tokens": 0.0}
         grad_norm = 0.0
@@ -278,10 +262,12 @@ class _Run:
                     logp = logp.float()
                     if old[k] is None:  # first epoch: the sampling policy's log-probs
                         old[k] = logp.detach()
-                    out = grpo_loss(logp, old[k], ref[k], adv[rows[k]], m, g.beta, g.clip_eps)
-                    acc.backward(out.loss * (len(rows[k]) / n_rows))
+                    out = grpo_loss(logp, old[k], ref[k], adv[rows[k]], m, g.beta, g.clip_eps,
+                                    g.loss_normalisation, n_rows, n_tokens,
+                                    g.constant_tokens)  # fmt: skip
+                    acc.backward(out.loss)  # each chunk's share of the batch loss
                 ntok = float(m.sum())
-                stats["loss"] += float(out.loss.detach()) * len(rows[k]) / n_rows / g.num_epochs
+                stats["loss"] += float(out.loss.detach()) / g.num_epochs
                 stats["kl"] += float(out.kl) * ntok
                 stats["clip_fraction"] += float(out.clip_fraction) * ntok
                 stats["entropy"] += float((entropy * m).sum())
@@ -296,19 +282,23 @@ class _Run:
 
     def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float]:
         """Advantages of this process's completions (sample-major) and the summed std of the
-        rewards in each group; spanning groups are gathered from every process first."""
+        rewards in each group; spanning groups are gathered from every process first. NaN
+        totals (unscored completions) get advantage 0."""
         g, acc, G = self.cfg.grpo, self.acc, self.local_group
         r = torch.as_tensor(np.asarray(totals, dtype=np.float64)).view(-1, G)
         if self.span:
             world, rank = acc.num_processes, acc.process_index
             full = acc.gather(r.to(acc.device)).cpu().view(world, -1, G)
             r = full.permute(1, 0, 2).reshape(-1, world * G)  # (B, G): every process's slice
-            adv = group_advantages(r.flatten(), world * G, g.scale_advantages)
+            adv = group_advantages(r.flatten(), world * G, g.advantage_scaling)
             adv = adv.view(-1, world, G)[:, rank].flatten()
         else:
-            adv = group_advantages(r.flatten(), G, g.scale_advantages)
+            batch_std = None
+            if g.advantage_scaling == "batch" and acc.num_processes > 1:  # the whole step's std
+                batch_std = float(nan_std(acc.gather(r.to(acc.device)).cpu()))
+            adv = group_advantages(r.flatten(), G, g.advantage_scaling, batch_std)
         # every spanning process reports the same groups: `summarise` divides by all of them
-        std = float(r.std(1, unbiased=True).sum())
+        std = float(nan_std(r, dim=1).sum())
         return adv.to(acc.device, torch.float32), std
 
     # --- checkpoints ---------------------------------------------------------------------
