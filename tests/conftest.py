@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,14 @@ def make_sample(i: int, root: Path | None = None, split: str = "train") -> Drivi
         ),
         meta={"note": "fixture"},
     )
+
+
+def free_port() -> int:
+    """A loopback port nobody holds now (for `accelerate launch --main_process_port`: tests on a
+    shared machine must not all use the default one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

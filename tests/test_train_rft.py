@@ -19,6 +19,7 @@ from autovla.train.rewards import REWARDS, Completion
 from autovla.train.rft_config import RewardFunctionConfig, RFTConfig
 
 from . import model_fixtures as mf
+from .conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -269,6 +270,7 @@ def test_two_processes_stay_in_sync(sft_dir, tmp_path, span):
     # --multi_gpu with Accelerator(cpu=True) in the run: two CPU processes over gloo.
     cmd = [str(exe) if exe.exists() else "accelerate", "launch", "--multi_gpu",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--main_process_port", str(free_port()),
            "--dynamo_backend", "no", str(script)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
