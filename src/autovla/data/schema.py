@@ -7,7 +7,7 @@ Arrays are stored as nested lists of floats so a manifest line is plain JSON; us
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +23,6 @@ CAMERA_NAMES: tuple[str, ...] = STANDARD_CAMERAS + OPTIONAL_CAMERAS
 
 FUTURE_STEPS = 10  # 5 s at 2 Hz
 STEP_SECONDS = 0.5
-DEFAULT_FRAMES = 4  # per camera, 2 Hz, oldest first
 
 Pose = tuple[float, float, float]
 Point = tuple[float, float]
@@ -198,14 +197,6 @@ class DrivingSample(_Strict):
         return self.model_copy(
             update={"future": None, "reasoning": None, "meta_action": None, "preference": None}
         )
-
-
-def poses_array(value: Any) -> Annotated[np.ndarray, "(T, 3)"]:
-    """Convert anything pose-like to a float64 (T, 3) array, checking the shape."""
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"expected poses of shape (T, 3), got {arr.shape}")
-    return arr
 
 
 def round_poses(arr: np.ndarray, decimals: int = 4) -> list[Pose]:

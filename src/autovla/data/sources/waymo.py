@@ -30,7 +30,7 @@ from autovla.geometry import headings_from_path
 
 CAMERAS = {1: "front", 2: "front_left", 3: "front_right"}  # CameraName enum values
 INTENTS = {0: "unknown", 1: "go straight", 2: "turn left", 3: "turn right"}
-PAST_HZ = FUTURE_HZ = 4
+FUTURE_HZ = 4
 HISTORY = 4  # poses at 2 Hz, the last is now
 FUTURE_POINTS = 20
 
