@@ -1,7 +1,11 @@
-"""Planner latency on the CPU (tiny preset): fast vs slow plans, batch 1 and 8, against plain
+"""Planner latency on the CPU (tiny or small preset): fast vs slow plans, batch 1 and 8, the
+reference decoding path vs the fast one (static cache; optionally compiled), against plain
 `model.generate()` producing the same number of tokens from the same inputs.
 
-    .venv/bin/python benchmarks/bench_planner.py [--threads 1] [--repeats 10]
+    .venv/bin/python benchmarks/bench_planner.py [--preset small] [--threads 1] [--repeats 10]
+        [--decodings reference,fast,fast+compile]
+
+"same tokens" compares every variant's answers with the first variant's.
 
 The slow plan reasons for about 400 characters (the reasoning is capped at the token count of
 a 400-character chain of thought; a random model never closes it earlier by choice).
@@ -87,39 +91,109 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(vla, samples, root, batch_sizes, repeats, max_reasoning) -> list[tuple]:
+# Planner variants: name -> Planner keyword arguments.
+VARIANTS = {
+    "reference": {"decoding": "reference"},
+    "fast": {"decoding": "fast"},
+    "fast+compile": {"decoding": "fast", "compile": True},
+}
+
+
+def run(
+    vla,
+    samples,
+    root,
+    batch_sizes,
+    repeats,
+    max_reasoning,
+    variants,
+    modes=("fast", "slow"),
+    generate=True,
+    on_row=None,
+) -> list[dict]:
+    """Per batch size and mode: each variant's latency (runs interleaved, so a busy machine
+    slows every variant alike), whether its tokens equal the first variant's, and generate().
+    `on_row(rows)` is called after every measurement (partial results survive a timeout)."""
     from autovla.model.planner import Planner
 
-    planner = Planner(vla, max_reasoning_tokens=max_reasoning)
+    planners = {
+        v: Planner(vla, max_reasoning_tokens=max_reasoning, **VARIANTS[v]) for v in variants
+    }
     rows = []
     for bs in batch_sizes:
         batch = samples[:bs]
-        for mode in ("fast", "slow"):
-            planner.plan(batch, root, mode=mode)  # warm-up
-            lat, parts, tokens, answer_len = [], [], 0, 0
+        for mode in modes:
+            first = {v: p.plan(batch, root, mode=mode) for v, p in planners.items()}  # warm-up
+            base = [r.completion_ids for r in first[variants[0]]]
+            runs: dict[str, list[dict]] = {v: [] for v in variants}
             for _ in range(repeats):
-                res = planner.plan(batch, root, mode=mode)
-                lat.append(res[0].timings["total"])
-                parts.append(res[0].timings)
-                tokens = res[0].num_generated_tokens
-                answer_len = len(res[0].completion_ids)
-            gen = [time_generate(vla, batch, root, answer_len) for _ in range(max(2, repeats // 3))]
-            mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]}
-            rows.append(
-                (bs, mode, tokens, answer_len, 1000 * pct(lat, 50), 1000 * pct(lat, 90),
-                 1000 * mean["vision"], 1000 * mean["prefill"], 1000 * mean["decode"],
-                 1000 * pct(gen, 50), pct(gen, 50) / pct(lat, 50))
-            )  # fmt: skip
+                for v, p in planners.items():
+                    res = p.plan(batch, root, mode=mode)
+                    runs[v].append(res[0].timings)
+            answer_len = len(first[variants[0]][0].completion_ids)
+            gen = (
+                [time_generate(vla, batch, root, answer_len) for _ in range(max(2, repeats // 3))]
+                if generate
+                else []
+            )
+            ref_total = pct([t["total"] for t in runs[variants[0]]], 50)
+            for v in variants:
+                t = runs[v]
+                total = pct([x["total"] for x in t], 50)
+                model_t = [x["vision"] + x["prefill"] + x["decode"] for x in t]
+                sampled = first[v][0].num_generated_tokens
+                rows.append(
+                    {
+                        "batch": bs,
+                        "mode": mode,
+                        "decoding": v,
+                        "sampled_tokens": first[v][0].num_generated_tokens,
+                        "answer_tokens": len(first[v][0].completion_ids),
+                        "identical": [r.completion_ids for r in first[v]] == base,
+                        "plan_p50_ms": 1000 * total,
+                        "plan_p90_ms": 1000 * pct([x["total"] for x in t], 90),
+                        "model_p50_ms": 1000 * pct(model_t, 50),
+                        "model_p90_ms": 1000 * pct(model_t, 90),
+                        **{
+                            f"{k}_ms": 1000 * statistics.median(x[k] for x in t)
+                            for k in ("inputs", "vision", "prefill", "decode")
+                        },
+                        "decode_ms_per_token": 1000
+                        * statistics.median(x["decode"] for x in t)
+                        / max(sampled, 1),
+                        "plans_per_s": bs / total,
+                        "speedup": ref_total / total,
+                        "generate_p50_ms": 1000 * pct(gen, 50) if gen else float("nan"),
+                    }
+                )
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
-def print_table(rows, title: str) -> None:
-    cols = ("batch", "mode", "sampled tok", "answer tok", "plan p50 ms", "plan p90 ms",
-            "vision ms", "prefill ms", "decode ms", "generate() p50 ms", "speed-up")  # fmt: skip
-    print(title)
-    print(" | ".join(cols))
+COLUMNS = (
+    ("batch", "batch"), ("mode", "mode"), ("decoding", "decoding"),
+    ("sampled_tokens", "tokens chosen"), ("answer_tokens", "answer tokens"),
+    ("identical", "same tokens"), ("plan_p50_ms", "plan p50 ms"), ("plan_p90_ms", "plan p90 ms"),
+    ("inputs_ms", "inputs ms"), ("vision_ms", "vision ms"), ("prefill_ms", "prefill ms"),
+    ("decode_ms", "decode ms"), ("plans_per_s", "plans/s"), ("speedup", "speed-up"),
+    ("generate_p50_ms", "generate() p50 ms"),
+)  # fmt: skip
+
+
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+    def fmt(v):
+        if isinstance(v, bool):
+            return "yes" if v else "NO"
+        if v is None or (isinstance(v, float) and v != v):  # not measured
+            return "-"
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(title for _, title in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
     for r in rows:
-        print(" | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r))
+        lines.append("| " + " | ".join(fmt(r[key]) for key, _ in columns) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -129,6 +203,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--codebook-size", type=int, default=2048)
+    ap.add_argument(
+        "--decodings", default="reference,fast", help=f"variants: {', '.join(VARIANTS)}"
+    )
+    ap.add_argument("--no-generate", action="store_true", help="skip the generate() column")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,18 +220,23 @@ def main() -> None:
     ends[1:, 0] = torch.rand(args.codebook_size - 1, generator=g) * 10
     ends[1:, 1] = torch.rand(args.codebook_size - 1, generator=g) - 0.5
     codebook = Codebook(token_contours(ends, 4.8, 2.0))
-    vla = build_model(args.preset, codebook, seed=0)
+    # geometry init: distinct action-token rows (mean init ties every action token, and the
+    # two decoding paths may break exact ties differently)
+    vla = build_model(args.preset, codebook, seed=0, action_init="geometry")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         samples = make_samples(root, max(batch_sizes))
         n_reason = reasoning_tokens(vla)
-        rows = run(vla, samples, root, batch_sizes, args.repeats, n_reason)
-    print_table(
-        rows,
+        variants = args.decodings.split(",")
+        rows = run(vla, samples, root, batch_sizes, args.repeats, n_reason, variants,
+                   generate=not args.no_generate)  # fmt: skip
+    print(
         f"planner latency, preset {args.preset}, CPU, {torch.get_num_threads()} thread(s), "
-        f"{args.codebook_size} action tokens, slow = {n_reason} reasoning tokens (~400 chars)",
+        f"{args.codebook_size} action tokens, slow = {n_reason} reasoning tokens (~400 chars), "
+        f"{args.repeats} interleaved repeats; speed-up = {variants[0]} p50 / p50"
     )
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

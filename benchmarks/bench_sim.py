@@ -1,9 +1,10 @@
 """Speed and sanity of the embedded world (autovla.sim).
 
-Prints a table of: dataset generation samples/s on one core (rendering on, default size),
-scoring plans/s (groups of 8 as in RFT, and batches of 64), and optionally the expert's
-safety sweep (collisions / off-road over N seeds of every scenario type, no rendering) and
-closed-loop expert driving scores.
+Prints a table of: dataset generation samples/s on one core (rendering on, default size,
+metric caches with PDM-Closed included), scoring plans/s (groups of 8 as in RFT, and
+batches of 64), the expert's PDMS with the NAVSIM v1.1 scorer (mean and per scenario type),
+and optionally the expert's safety sweep (collisions / off-road over N seeds of every
+scenario type, no rendering) and closed-loop expert driving scores.
 
     .venv/bin/python benchmarks/bench_sim.py [--scenes 22] [--safety-seeds 200] [--episodes 2]
 
@@ -22,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from autovla.data.manifest import load_samples
+from autovla.scoring import load_cache, score_plans
 from autovla.sim.closed_loop import expert_episode
 from autovla.sim.export import generate_dataset
 from autovla.sim.rollout import expert_problems
 from autovla.sim.scenarios import SCENARIO_TYPES
-from autovla.sim.scoring import load_scoring, score_plans
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
                     f"{len(samples)} samples",
                 )
             )
-            data = [(load_scoring(root, s), s.future_array()) for s in samples]
+            data = [(load_cache(root, s), s.future_array()) for s in samples]
             rng = np.random.default_rng(0)
             noise = np.array([1, 0.3, 0.02])
             for group in (8, 64):
@@ -64,7 +65,8 @@ def main() -> None:
                 rows.append(
                     (f"score_plans, groups of {group}", rate, f"{1e3 * dt / len(data):.2f} ms/call")
                 )
-            pdms = [score_plans(d, fut[None]).pdms[0] for d, fut in data]
+            scored = [score_plans(d, fut[None]).row(0) for d, fut in data]
+            pdms = [r["pdms"] for r in scored]
             rows.append(
                 (
                     "expert PDMS (mean over samples)",
@@ -72,6 +74,13 @@ def main() -> None:
                     f"min {np.min(pdms):.3f}",
                 )
             )
+            by_type: dict[str, list[dict]] = {}
+            for s, r in zip(samples, scored, strict=True):
+                by_type.setdefault(s.scenario_type, []).append(r)
+            for name, rs in sorted(by_type.items()):
+                means = {k: np.mean([r[k] for r in rs]) for k in ("pdms", "ep", "ttc", "comfort")}
+                note = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != "pdms")
+                rows.append((f"  {name}", f"{means['pdms']:.3f}", f"n={len(rs)}, {note}"))
     if args.safety_seeds:
         t0 = time.perf_counter()
         problems = []

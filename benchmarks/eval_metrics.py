@@ -24,8 +24,10 @@ def _sample(i: int, rng: np.random.Generator) -> DrivingSample:
         objs.append(SceneObject(id=f"o{k}", kind="vehicle", box=(x, y, 0, 4.5, 1.9),
                                 velocity=(vx, 0), future=fut))  # fmt: skip
     return DrivingSample(
-        id=f"b{i}", source="synthetic", split="test", cameras={"front": ["x.png"]},
-        ego=EgoState(vx=v), instruction="go straight", history=[(0.0, 0.0, 0.0)],
+        id=f"b{i}", source="synthetic", split="test",
+        cameras={c: ["x.png"] for c in ("front", "front_left", "front_right")},
+        ego=EgoState(vx=v), instruction="go straight",
+        history=[(-v * 0.5 * k, 0.0, 0.0) for k in (3, 2, 1, 0)],
         future=[(v * 0.5 * (t + 1), 0.0, 0.0) for t in range(10)], complex=True,
         scene=SceneFacts(objects=objs, traffic_light="red", traffic_light_distance=30.0,
                          road="straight", lanes=3, ego_lane=1, lighting="day"),

@@ -48,11 +48,25 @@ def test_plan_prints_and_saves(model_dir, tmp_path):
     assert (out / f"plan_{samples[1].id}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plan_decoding_paths_agree(model_dir, tmp_path):
+    root, samples = dataset()
+    saved = {}
+    for decoding in ("reference", "fast"):
+        out = tmp_path / decoding
+        args = ["--id", samples[2].id, "--mode", "slow", "--decoding", decoding, "--out", str(out)]
+        res = runner.invoke(app, ["plan", "--model", str(model_dir), "--data", str(root), *args])
+        assert res.exit_code == 0, res.output
+        saved[decoding] = json.loads((out / f"plan_{samples[2].id}.json").read_text())
+    for key in ("text", "action_ids", "trajectory", "reasoning"):
+        assert saved["fast"][key] == saved["reference"][key]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--id", "nope"], "no sample with id 'nope'"),
         (["--mode", "medium"], "--mode must be"),
+        (["--decoding", "static"], "--decoding must be"),
         (["--index", "0", "--id", "m000"], "not both"),
     ],
 )
@@ -90,3 +104,21 @@ def test_plan_projection_uses_dataset_cameras(tmp_path):
     uv = ground_pixels(np.array([[10.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), calib)
     assert abs(uv[0, 0] - 112) < 1.0 and 56 < uv[0, 1] < 112  # ahead: centre column, below horizon
     assert np.isnan(uv[1]).all()  # behind the camera
+
+
+def test_plan_out_stays_in_its_folder(model_dir, tmp_path, monkeypatch):
+    """Ids are plain names by the schema; the writer does not rely on it: an id that is a
+    path (a sample built without validation) still writes only inside --out."""
+    import autovla.cli.plan as plan_cli
+
+    root, samples = dataset()
+    hostile = samples[0].model_copy(update={"id": "a/../../x[red]"})  # no validation
+    monkeypatch.setattr(plan_cli, "_pick", lambda *a, **k: hostile)
+    out = tmp_path / "deep" / "out"
+    res = runner.invoke(app, ["plan", "--model", str(model_dir), "--data", str(root),
+                              "--mode", "fast", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "a/../../x[red]" in res.output  # printed as written, not read as markup
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 2 and all(p.parent == out for p in written)
+    assert {p.suffix for p in written} == {".png", ".json"}

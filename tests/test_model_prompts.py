@@ -101,3 +101,42 @@ def test_format_save_load_and_override(fmt, tmp_path):
     bad.write_text("name: x\nversion: 0\n")
     with pytest.raises(ValueError, match=r"bad\.yaml"):
         PromptFormat.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{instruction.__class__.__mro__}", "only {speed}, {accel}, {instruction} are allowed"),
+        ("{speed[0]}", "only {speed}, {accel}, {instruction} are allowed"),
+        ("{0}", "only {speed}, {accel}, {instruction} are allowed"),
+        ("{speed:>100000000}", "width at most 40"),
+        ("{speed:.99}", "precision at most 12"),
+        ("{speed:{accel}}", "is not \\[align\\]\\[width\\]\\[.precision\\]\\[type\\]"),
+        ("{speed!r}", "conversions"),
+        ("{instruction:.3f}", "type 'f' cannot format text"),
+        ("{instruction:+}", "Sign not allowed in string format specifier"),
+        ("speed {", "write {{ and }} for literal braces"),
+    ],
+)
+def test_unsafe_user_state_is_refused_when_loaded(fmt, tmp_path, template, message):
+    from autovla.model.prompts import PromptFormatError
+
+    path = tmp_path / "f.yaml"
+    fmt.model_copy(update={"user_state": template}).save(tmp_path)
+    (tmp_path / "prompt_format.yaml").rename(path)
+    with pytest.raises(PromptFormatError, match=message) as e:
+        PromptFormat.load(path)
+    assert str(e.value).startswith(f"invalid prompt format {path}: user_state: ")
+
+
+def test_user_state_template_renders_plain_specs(fmt):
+    from autovla.model.prompts import PromptFormatError, render_user_state
+
+    template = "{{speed}} {speed:*^10.2f}|{accel:+.1e}|{instruction:>8s}|{instruction}"
+    loaded = fmt.model_copy(update={"user_state": template})
+    assert PromptFormat.model_validate(loaded.model_dump()) == loaded
+    text = render_user_state(template, 3.14159, -0.5, "Turn left")
+    assert text == "{speed} ***3.14***|-5.0e-01|Turn left|Turn left"
+    # a format built around validation (model_copy) is still checked when rendered
+    with pytest.raises(PromptFormatError, match="only"):
+        render_user_state("{speed.real}", 1.0, 0.0, "x")

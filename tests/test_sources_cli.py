@@ -14,15 +14,15 @@ from autovla.data.sources.runner import parse_shard, parse_size
 from autovla.data.sources.tfrecord import write_tfrecord
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sources_waymo import make_frame
+from test_sources_waymo import make_frame, segment
 
 runner = CliRunner()
 
 
 def test_waymo_shards_workers_and_resume(tmp_path: Path) -> None:
-    for k in range(3):
+    for k in range(3):  # a segment of 5 frames at 2 Hz per file: 2 with a full history
         write_tfrecord(
-            tmp_path / f"training.tfrecord-{k:05d}", [make_frame(10 * k + i) for i in range(2)]
+            tmp_path / f"training.tfrecord-{k:05d}", segment(5, f"seg{k}", step_us=500_000)
         )
     out = tmp_path / "out"
     glob = str(tmp_path / "training.tfrecord-*")

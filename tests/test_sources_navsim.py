@@ -22,16 +22,21 @@ LOG = "2021.05.12.22.00.38_veh-35_01008_01518"
 CAR = np.array([1040.0, -1985.0, 2.0])  # a parked car, global
 
 
-def make_frames(root: Path, n: int = 16) -> list[dict]:
+def make_frames(root: Path, n: int = 16, split: str = "trainval") -> list[dict]:
+    """A log as OpenScene writes it: every frame key of the format (docs/real-datasets.md),
+    numpy arrays, numpy scalars and plain values mixed as in the real pickles."""
     jpg = jpeg_bytes()
     frames = []
+    lidar2ego_t, lidar2ego_q = np.array([1.5, 0.0, 1.8]), np.array(quat(0.0))
+    lidar2ego = np.eye(4)
+    lidar2ego[:3, 3] = lidar2ego_t
     for i in range(n):
         t = 0.5 * i
         p = arc_pose(t)
         cams = {}
         for cam in CAMS:
             rel = f"{LOG}/{cam}/{i:016x}.jpg"
-            f = root / "sensor_blobs" / "trainval" / rel
+            f = root / "sensor_blobs" / split / rel
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_bytes(jpg)
             cams[cam] = {
@@ -42,6 +47,11 @@ def make_frames(root: Path, n: int = 16) -> list[dict]:
                 "distortion": np.zeros(5),
             }
         car = to_local(CAR, p)
+        ego2global = np.eye(4)
+        ego2global[:2, :2] = [[np.cos(p[2]), -np.sin(p[2])], [np.sin(p[2]), np.cos(p[2])]]
+        ego2global[:2, 3] = p[:2]
+        can_bus = np.zeros(18)
+        can_bus[:2], can_bus[3:7], can_bus[10] = p[:2], quat(p[2]), 5.0
         frames.append(
             {
                 "token": f"tok{i:02d}",
@@ -53,28 +63,36 @@ def make_frames(root: Path, n: int = 16) -> list[dict]:
                 "scene_token": "scenetok",
                 "map_location": "us-nv-las-vegas-strip",
                 "vehicle_name": "veh-35",
-                "roadblock_ids": ["rb1"],
-                "can_bus": np.zeros(18),
+                "roadblock_ids": ["rb1", "rb2"],
+                "can_bus": can_bus,
+                "lidar_path": f"{LOG}/MergedPointCloud/{i:016x}.pcd",
+                "lidar2ego_translation": lidar2ego_t,
+                "lidar2ego_rotation": lidar2ego_q,
                 "ego2global_translation": np.array([p[0], p[1], 0.0]),
                 "ego2global_rotation": np.array(quat(p[2])),
                 "ego_dynamic_state": [5.0, 0.0, 0.0, 0.5],
-                "traffic_lights": [],
+                "traffic_lights": [(np.int64(1234), np.bool_(i % 2 == 0)), (5678, False)],
                 "driving_command": np.array([1, 0, 0, 0]),
+                "sample_prev": f"tok{i - 1:02d}" if i else None,
+                "sample_next": f"tok{i + 1:02d}" if i < n - 1 else None,
+                "ego2global": ego2global,
+                "lidar2ego": lidar2ego,
+                "lidar2global": ego2global @ lidar2ego,
                 "cams": cams,
                 "anns": {
                     "gt_boxes": np.array([[car[0], car[1], 0.5, 4.5, 1.9, 1.6, car[2]]]),
                     "gt_names": np.array(["vehicle"]),
                     "gt_velocity_3d": np.zeros((1, 3)),
-                    "instance_tokens": ["inst1"],
-                    "track_tokens": ["track1"],
+                    "instance_tokens": np.array(["inst1"]),
+                    "track_tokens": np.array(["track1"]),
                 },
             }
         )
     return frames
 
 
-def write_log(root: Path, frames: list[dict], name: str = LOG) -> Path:
-    p = root / "navsim_logs" / "trainval" / f"{name}.pkl"
+def write_log(root: Path, frames: list[dict], name: str = LOG, split: str = "trainval") -> Path:
+    p = root / "navsim_logs" / split / f"{name}.pkl"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL))  # as OpenScene
     return p
@@ -169,3 +187,53 @@ def test_roadblock_filter_is_not_an_error(tmp_path: Path) -> None:
     assert summary.written == 0 and summary.skipped == {"filtered: no roadblock ids": 1}
     summary = convert(tmp_path, tmp_path / "out2", require_roadblocks=False)
     assert summary.written == 1
+
+
+def test_protocol5_log_with_every_frame_key(tmp_path: Path) -> None:
+    """The log is what OpenScene writes (protocol 5, arrays through numeric._frombuffer) and
+    converts with the restricted unpickler, the split taken from its folder."""
+    path = write_log(tmp_path, make_frames(tmp_path, split="navtest"), split="navtest")
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x80\x05" and b"_frombuffer" in raw
+    out = tmp_path / "out"
+    summary = convert(tmp_path, out)  # --logs navsim_logs/: the split is the log's folder
+    assert summary.written == 1
+    (s,) = load_samples(out)
+    assert s.split == "navtest"
+    out2 = tmp_path / "out2"  # --logs navsim_logs/navtest: the folder itself
+    conv = NavsimConverter(tmp_path / "navsim_logs" / "navtest", tmp_path / "sensor_blobs", out2)
+    run_conversion(conv.units(), conv, out2, progress=False)
+    assert load_samples(out2)[0].split == "navtest"
+    out3 = tmp_path / "out3"
+    convert(tmp_path, out3, split="custom")  # given: used as is
+    assert load_samples(out3)[0].split == "custom"
+
+
+def test_copy_images_never_writes_outside_out(tmp_path: Path) -> None:
+    """A data path with ../ may be read in place, but --copy-images refuses to write it
+    outside --out (before: sensor_blobs/trainval/../../../../x.jpg was copied to
+    out/images/navsim/trainval/../../../../x.jpg, a file outside out): a named error,
+    counted by --skip-bad."""
+    root = tmp_path / "r1" / "r2" / "r3"  # deep data, shallow output: the copy would escape
+    frames = make_frames(root)
+    secret = tmp_path / "r1" / "x.jpg"
+    secret.write_bytes(jpeg_bytes(value=7))
+    for f in frames[:4]:  # the first scene's history frames
+        f["cams"]["CAM_F0"]["data_path"] = "../../../../x.jpg"
+    write_log(root, frames)
+    out = tmp_path / "o"
+    before = {q for q in tmp_path.rglob("*")}
+    conv = NavsimConverter(
+        root / "navsim_logs", root / "sensor_blobs", out, images=ImageOptions(copy=True)
+    )
+    with pytest.raises(ConvertError, match="outside --out") as e:
+        run_conversion(conv.units(), conv, out, progress=False)
+    assert "cams.CAM_F0.data_path" in str(e.value) and "tok00" in str(e.value)
+    summary = run_conversion(conv.units(), conv, out, skip_bad=True, progress=False)
+    assert summary.written == 0 and sum(summary.skipped.values()) == 1
+    assert not (tmp_path / "x.jpg").exists()
+    assert all(q.is_relative_to(out) for q in set(tmp_path.rglob("*")) - before)
+    # referenced in place (no copy) the same path is only read: allowed (documented)
+    out2 = tmp_path / "o2"
+    assert convert(root, out2).written == 1
+    assert (out2 / load_samples(out2)[0].cameras["front"][0]).resolve() == secret.resolve()

@@ -341,3 +341,154 @@ def test_official_devkit_loads_fixture(tmp_path: Path) -> None:
         dev = seen[s.meta["sample_token"]]
         assert dev["anns"] == len(s.scene.objects)
         assert s.cameras["front"][-1].endswith(dev["front"])
+
+
+def _pose(t: dict, token: str) -> dict:
+    return next(e for e in t["ego_pose"] if e["token"] == token)
+
+
+@pytest.mark.parametrize(
+    "break_it, file, field, message",
+    [
+        (lambda t: t["sample"][7].update(next="s04"), "sample.json", "next", "loops back"),
+        (lambda t: t["sample"][5].pop("token"), "sample.json", "token", "missing"),
+        (lambda t: t.update(sample={"s00": 1}), "sample.json", "", "must be a JSON list"),
+        (lambda t: t["sample"].append(3), "sample.json", "", "must be an object"),
+        (
+            lambda t: _pose(t, "sd_LIDAR_TOP_05").update(translation=[float("nan"), 0, 0]),
+            "ego_pose.json",
+            "translation",
+            "finite",
+        ),
+        (
+            lambda t: _pose(t, "sd_LIDAR_TOP_05").update(rotation="north"),
+            "ego_pose.json",
+            "rotation",
+            "not numbers",
+        ),
+        (lambda t: t["sample"][4].pop("timestamp"), "sample.json", "timestamp", "missing"),
+        (
+            lambda t: t["sample_annotation"][4].update(size=[1.0, "big", 1.0]),
+            "sample_annotation.json",
+            "size",
+            "not numbers",
+        ),
+        (
+            lambda t: t["sample_data"][0].pop("calibrated_sensor_token"),
+            "sample_data.json",
+            "calibrated_sensor_token",
+            "missing",
+        ),
+    ],
+)
+def test_bad_tables_are_named_errors(tmp_path: Path, break_it, file, field, message) -> None:
+    """A loop in `next`, rows without tokens, tables that are not lists, NaN or text where a
+    number belongs: a ConvertError naming file, record and field, never a hang or a
+    traceback; --skip-bad counts what it can step over."""
+    root = tmp_path / "nuscenes"
+    t = build_tree(root)
+    break_it(t)
+    write_tables(root, t)
+    with pytest.raises(ConvertError) as e:
+        convert(root, tmp_path / "out")
+    assert e.value.file.endswith(file) and e.value.field == field
+    assert message in e.value.reason
+    try:
+        summary = convert(root, tmp_path / "out2", skip_bad=True)
+    except ConvertError:
+        return  # a broken table is fatal: it cannot be stepped over
+    assert sum(v for k, v in summary.skipped.items() if not k.startswith("filtered")) >= 1
+
+
+def test_instruction_rules(tmp_path: Path) -> None:
+    """UniAD: the offset at 3 s; reference: the pose 8 s ahead (the last keyframe of the scene
+    when it ends sooner). The scene drives straight for 6 s, then turns right."""
+    root = tmp_path / "nuscenes"
+    t = build_tree(root)
+    t["sample_annotation"] = []  # the parked car lies near the arc, far from this drive
+    by_token = {e["token"]: e for e in t["ego_pose"]}
+    for i in range(N):
+        tt = 0.5 * i
+        x, y = 5.0 * tt, -0.0 if tt <= 6.0 else -1.5 * (tt - 6.0) ** 2
+        for ch in CHANNELS:
+            e = by_token[f"sd_{ch}_{i:02d}"]
+            e["translation"], e["rotation"] = [x, y, 0.0], quat(0.0)
+    write_tables(root, t)
+    uni = {s.meta["sample_token"]: s.instruction for s in _convert(root, tmp_path / "u", "uniad")}
+    ref = {
+        s.meta["sample_token"]: s.instruction for s in _convert(root, tmp_path / "r", "reference")
+    }
+    # s03 (t = 1.5 s): at 3 s ahead (4.5 s) still straight; 8 s ahead is 9.5 s, but the scene
+    # ends at 7.5 s (keyframe 15): y = -1.5 * 1.5^2 = -3.4 m -> right
+    assert uni["s03"] == "go straight" and ref["s03"] == "turn right"
+    # s05 (2.5 s): 3 s ahead is 5.5 s, straight; reference: right
+    assert uni["s05"] == "go straight" and ref["s05"] == "turn right"
+    with pytest.raises(ValueError, match="instruction rule"):
+        NuScenesConverter(root, VERSION, tmp_path / "x", instruction_rule="bogus")
+
+
+REF = "reference"
+
+
+def _convert(root: Path, out: Path, rule: str):
+    convert(root, out, instruction_rule=rule)
+    samples = load_samples(out)
+    assert all(s.meta["instruction_rule"] == rule for s in samples)
+    return samples
+
+
+def test_objects_present_at_each_future_time(tmp_path: Path) -> None:
+    """An annotation gap keeps the later poses (null in the gap); an instance that appears
+    only later is a future object: every object present at a future time is recorded."""
+    root = tmp_path / "nuscenes"
+    t = build_tree(root)
+    t["sample_annotation"] = [a for a in t["sample_annotation"] if a["token"] != "ann05"]
+    t["instance"].append(
+        {"token": "inst2", "category_token": "cat_car", "nbr_annotations": 2,
+         "first_annotation_token": "bnn06", "last_annotation_token": "bnn07"}
+    )  # fmt: skip
+    for i in (6, 7):
+        t["sample_annotation"].append(
+            {"token": f"bnn{i:02d}", "sample_token": f"s{i:02d}", "instance_token": "inst2",
+             "attribute_tokens": [], "visibility_token": "4", "translation": [*CAR[:2], 0.8],
+             "size": [2.0, 5.0, 1.6], "rotation": quat(CAR[2]), "num_lidar_pts": 3,
+             "num_radar_pts": 0, "prev": "bnn06" if i == 7 else "",
+             "next": "bnn07" if i == 6 else ""}
+        )  # fmt: skip
+    write_tables(root, t)
+    out = tmp_path / "out"
+    convert(root, out)
+    s = load_samples(out)[0]  # s03: steps 1..10 are keyframes 4..13
+    assert s.scene.objects_tracked
+    (car,) = s.scene.objects
+    assert len(car.future) == 10 and car.future[1] is None  # keyframe 5 not annotated
+    assert all(p is not None for k, p in enumerate(car.future) if k != 1)
+    (new,) = s.scene.future_objects
+    assert new.id == "inst2" and new.size == (5.0, 2.0)
+    assert new.future[:2] == [None, None] and new.future[2] is not None and len(new.future) == 4
+
+
+def test_copy_images_and_can_bus_paths_stay_inside(tmp_path: Path) -> None:
+    """A `filename` with ../ is referenced in place but never copied outside --out; a scene
+    name with ../ never picks a CAN-bus file outside the CAN-bus folder."""
+    from autovla.data.sources.runner import ImageOptions
+
+    root = tmp_path / "d1" / "d2" / "nuscenes"
+    t = build_tree(root)
+    sd = next(x for x in t["sample_data"] if x["token"] == "sd_CAM_FRONT_03")
+    (tmp_path / "x.jpg").write_bytes(jpeg_bytes())
+    sd["filename"] = "../../../x.jpg"  # images/nuscenes/../../../x.jpg: one level above --out
+    t["scene"][0]["name"] = "../../escape"
+    write_tables(root, t)
+    (tmp_path / "d1" / "can_bus").mkdir()
+    out = tmp_path / "o" / "out"
+    with pytest.raises(ConvertError, match="CAN-bus file") as e:
+        convert(root, out, can_bus=tmp_path / "d1" / "can_bus")
+    assert e.value.field == "name"
+    t["scene"][0]["name"] = "scene-0061"
+    write_tables(root, t)
+    with pytest.raises(ConvertError, match="outside --out") as e:
+        convert(root, out, images=ImageOptions(copy=True))
+    assert e.value.field == "filename" and e.value.record == "sd_CAM_FRONT_03"
+    assert not (tmp_path / "o" / "x.jpg").exists()
+    assert convert(root, tmp_path / "o" / "in-place").written == 3  # reading in place is fine

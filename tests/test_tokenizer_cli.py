@@ -33,7 +33,7 @@ def dataset(tmp_path_factory) -> Path:
         samples.append(
             s.model_copy(
                 update={
-                    "history": [tuple(p) for p in local[:3]],
+                    "history": [tuple(p) for p in local[:4]],  # ends at now, (0, 0, 0)
                     "future": [tuple(p) for p in local[4:]],
                 }
             )

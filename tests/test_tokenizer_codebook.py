@@ -157,3 +157,59 @@ def test_token_index_is_exact_on_every_path(codebook):
                 index = m.TokenIndex(codebook._token_end_match(), window, bin_size)
                 assert torch.equal(index.nearest(target), full), (window, bin_size)
     assert calls["_square"] and calls["_disc"]  # both fallbacks of the window were exercised
+
+
+def _with_meta(src, dst, **changes) -> None:
+    """Copy a codebook file with its header metadata changed (NaN written as JSON NaN)."""
+    import json
+    import struct
+
+    data = src.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["autovla_codebook"])
+    meta.update(changes)
+    header["__metadata__"]["autovla_codebook"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"length": float("nan")}, r"'length' must be a number in \(0, 100\] m, got nan"),
+        ({"length": "abc"}, r"'length' must be a number in \(0, 100\] m, got 'abc'"),
+        ({"width": -2.0}, r"'width' must be a number in \(0, 100\] m, got -2.0"),
+        ({"width": True}, r"'width' must be a number"),
+        ({"segment_seconds": 0}, r"'segment_seconds' must be a number in \(0, 60\] s"),
+        ({"tol": None}, r"'tol' must be a number"),
+        ({"sub_steps": 5}, r"'sub_steps' must be 6, got 5"),
+        ({"version": 2}, r"'version' 2 is not one this code reads"),
+    ],
+)
+def test_bad_metadata_is_named(codebook, tmp_path, changes, message):
+    good = codebook.save(tmp_path / "good.safetensors")
+    bad = tmp_path / "bad[1].safetensors"
+    _with_meta(good, bad, **changes)
+    with pytest.raises(CodebookError, match=message) as e:
+        Codebook.load(bad)
+    assert str(e.value).startswith(str(bad))
+
+
+def test_corrupt_files_are_named(codebook, tmp_path):
+    from safetensors.torch import save_file
+
+    good = codebook.save(tmp_path / "good.safetensors").read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    for damaged in (good[: len(good) // 2], good[:5], b"\xff" * 8 + good[8:], b""):
+        bad.write_bytes(damaged)
+        with pytest.raises(CodebookError, match=r"bad\.safetensors: not a readable safetensors"):
+            Codebook.load(bad)
+    meta = {"autovla_codebook": '{"format": "autovla-codebook", "version": 1}'}
+    save_file({"contours": torch.zeros(2, 6, 4, 2, dtype=torch.int32)}, str(bad), meta)
+    with pytest.raises(CodebookError, match=r"contours must be floating point, got torch\.int32"):
+        Codebook.load(bad)
+    save_file({"contours": torch.full((2, 6, 4, 2), 1e30)}, str(bad), meta)
+    with pytest.raises(CodebookError, match="contours reach beyond 10000 m"):
+        Codebook.load(bad)

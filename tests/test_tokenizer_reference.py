@@ -92,3 +92,25 @@ def test_reference_batched_equals_loop():
     cb = import_reference(REFERENCE)
     traj = bicycle_trajectories(24, steps=10, seed=7)
     assert torch.equal(cb.encode(traj), cb.encode_reference(traj))
+
+
+@pytest.mark.parametrize(
+    ("veh", "message"),
+    [
+        (
+            np.array(["1.0"] * 48, dtype="U3").reshape(1, 6, 4, 2),
+            "must hold numbers, got dtype '<U3'",
+        ),
+        (np.zeros((1, 6, 4, 2), dtype="S1"), "must hold numbers, got dtype '|S1'"),
+        (np.zeros((1, 6, 4, 2), dtype=bool), "must hold numbers, got dtype '|b1'"),
+        (np.full((1, 6, 4, 2), np.nan, np.float32), "contours contain NaN or infinite values"),
+        (np.full((1, 6, 4, 2), 1e39), "contours contain NaN or infinite values"),  # float32 inf
+    ],
+    ids=["unicode", "bytes", "bool", "nan", "overflow"],
+)
+def test_reference_arrays_that_are_no_coordinates_are_named(tmp_path, veh, message):
+    path = tmp_path / "agent_vocab.pkl"
+    path.write_bytes(pickle.dumps({"token_all": {"veh": veh}}, protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(CodebookError, match=message) as e:
+        import_reference(path)
+    assert str(e.value).startswith(f"{path}: token_all['veh']")

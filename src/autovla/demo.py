@@ -25,6 +25,10 @@ from autovla.io import atomic_open, write_json
 STATE_FILE = "stages.json"
 
 
+class DemoError(RuntimeError):
+    """A demo stage that failed (its own error was printed above); rerunning resumes."""
+
+
 class DemoConfig(StrictModel):
     """Sizes of one demo run; `quick` is a smoke run that fits in a few minutes."""
 
@@ -83,7 +87,7 @@ def link_final(run_dir: Path) -> Callable[[], None]:
 
         last = latest_checkpoint(run_dir / "checkpoints")
         if last is None:
-            raise RuntimeError(f"no checkpoint was written under {run_dir / 'checkpoints'}")
+            raise DemoError(f"no checkpoint was written under {run_dir / 'checkpoints'}")
         final = run_dir / "final"
         final.unlink(missing_ok=True)
         final.symlink_to(last.relative_to(run_dir))
@@ -285,7 +289,7 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         code = _invoke(app, st.args)
         seconds = time.perf_counter() - t0
         if code != 0:
-            raise RuntimeError(f"stage {st.name} failed (exit {code}); rerun to resume")
+            raise DemoError(f"stage {st.name} failed (exit {code}); rerun to resume")
         if st.finish:
             st.finish()
         state[st.name] = {"seconds": round(seconds, 1), "command": ["autovla", *st.args]}

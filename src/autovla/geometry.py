@@ -7,9 +7,13 @@ axes and works on numpy arrays (float64 unless given otherwise).
 
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
 
-ArrayLike = np.ndarray | list | tuple
+# Union, not `|`: this line runs at import, and the simulator clients (autovla.integrations)
+# import this module in CARLA's Python, which may be 3.8.
+ArrayLike = Union[np.ndarray, list, tuple]  # noqa: UP007
 
 
 def wrap_angle(angle: ArrayLike) -> np.ndarray:
@@ -68,16 +72,23 @@ def yaw_from_quaternion(q: ArrayLike) -> np.ndarray:
     return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
-def headings_from_path(xy: ArrayLike, initial: float = 0.0, min_step: float = 1e-3) -> np.ndarray:
+def headings_from_path(
+    xy: ArrayLike, initial: float = 0.0, min_step: float = 1e-3, central: bool = False
+) -> np.ndarray:
     """Heading at each point of a path (T, 2) from the direction of travel.
 
-    The heading at point t is the direction from t-1 to t (from `initial` for t = 0 before any
-    motion); where the ego barely moves (< min_step metres) the previous heading is kept, so a
-    stopped vehicle does not spin.
+    The path starts at the origin: the point before the first is (0, 0). By default the
+    heading at point t is the direction from t-1 to t (a backward difference: on a curve it
+    lags the tangent by half a step). With `central`, it is the direction from t-1 to t+1
+    where a next point exists (the chord of two points symmetric about t is parallel to the
+    tangent on a circle), and the backward difference at the last point. Before any motion
+    the heading is `initial`; where the ego barely moves (< min_step metres) the previous
+    heading is kept, so a stopped vehicle does not spin.
     """
     p = np.asarray(xy, dtype=np.float64)
     prev = np.concatenate([np.zeros((1, 2)), p[:-1]], 0)
-    d = p - prev
+    nxt = np.concatenate([p[1:], p[-1:]], 0) if central and len(p) else p
+    d = nxt - prev
     out = np.empty(len(p))
     h = float(initial)
     for t in range(len(p)):

@@ -230,8 +230,12 @@ def build_reasoning(s: DrivingSample, seed: int = 0) -> str | None:
 
 
 def annotate_sample(s: DrivingSample, seed: int = 0, all_samples: bool = False) -> DrivingSample:
-    """The sample with reasoning (and meta_action) set if it needs reasoning; else unchanged."""
-    if not (all_samples or s.complex):
+    """The sample with reasoning (and meta_action) set if it needs reasoning; else unchanged.
+
+    A sample without scene facts (`scene` absent, e.g. Waymo E2E, which has no object
+    annotations) is left alone: the text would claim a clear road nobody checked.
+    """
+    if not (all_samples or s.complex) or s.scene is None:
         return s
     text = build_reasoning(s, seed)
     if text is None:
@@ -245,6 +249,7 @@ class AnnotateSummary:
     total: int = 0
     annotated: int = 0
     skipped_no_future: int = 0
+    skipped_no_scene: int = 0
     changed: int = 0
 
 
@@ -257,9 +262,12 @@ def annotate_dataset(
     def update(s: DrivingSample) -> DrivingSample:
         summary.total += 1
         new = annotate_sample(s, seed, all_samples)
-        if new.reasoning is not None and (all_samples or s.complex):
+        wanted = all_samples or s.complex
+        if wanted and s.scene is None:
+            summary.skipped_no_scene += 1
+        elif new.reasoning is not None and wanted:
             summary.annotated += 1 if new is not s else 0
-        elif (all_samples or s.complex) and s.future is None and s.meta_action is None:
+        elif wanted and s.future is None and s.meta_action is None:
             summary.skipped_no_future += 1
         return new
 

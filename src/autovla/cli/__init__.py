@@ -2,6 +2,8 @@
 
 Sub-apps live in this package, one file per command group, and import their heavy
 dependencies (torch, transformers) inside the commands so `autovla --help` stays fast.
+Every command runs under one error policy (`autovla.cli.common`): an expected failure is one
+line and exit code 1; `--debug` (or AUTOVLA_DEBUG=1) adds the traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import typer
 
 from autovla import __version__
 from autovla.cli import data
+from autovla.cli.common import DEBUG_ENV, ErrorPolicyGroup
 
 app = typer.Typer(
     name="autovla",
@@ -19,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=ErrorPolicyGroup,
 )
 app.add_typer(data.app, name="data", help="Validate, inspect and convert driving datasets.")
 
@@ -34,6 +38,12 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        envvar=DEBUG_ENV,
+        help=f"Print the traceback of any error (or set {DEBUG_ENV}=1).",
+    ),
 ) -> None:
     """End-to-end driving with a vision-language-action model (AutoVLA)."""
 
@@ -48,9 +58,10 @@ GROUPS = {
 }
 for _name, _help in GROUPS.items():
     app.add_typer(import_module(f"autovla.cli.{_name}").app, name=_name, help=_help)
-for _name in ("plan", "demo"):
+for _name in ("plan", "demo", "serve"):
     import_module(f"autovla.cli.{_name}").register(app)
 
 
 def main() -> None:
+    """The `autovla` script, `python -m autovla` and `python -m autovla.cli` (accelerate)."""
     app()

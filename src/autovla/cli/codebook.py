@@ -35,18 +35,12 @@ def fit(
     out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
 ) -> None:
     """Fit a K-disk codebook on the 0.5 s segments (history and future) of datasets."""
-    from autovla.data.manifest import ManifestError
-    from autovla.tokenizer.fit import NotEnoughSegmentsError, fit_from_datasets
+    from autovla.tokenizer.fit import fit_from_datasets
 
     dirs = _dirs(data, extra)
-    try:
-        cb = fit_from_datasets(
-            dirs, size, tol, seed, max_segments=max_segments, split=split, allow_fewer=allow_fewer
-        )
-    except NotEnoughSegmentsError as e:
-        raise fail(str(e)) from None
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
+    cb = fit_from_datasets(
+        dirs, size, tol, seed, max_segments=max_segments, split=split, allow_fewer=allow_fewer
+    )
     cb.save(out)
     m = cb.meta
     console.print(
@@ -62,7 +56,7 @@ def fit(
             ],
         )
     )
-    console.print(f"[green]wrote[/] {out}")
+    console.print(f"wrote {out}")
 
 
 @app.command("import")
@@ -72,15 +66,11 @@ def import_(
     agent: str = typer.Option("veh", help="Which token set: veh, ped or cyc."),
 ) -> None:
     """Convert the reference code's pickled codebook to the safetensors format."""
-    from autovla.tokenizer.codebook import CodebookError
     from autovla.tokenizer.reference import import_reference
 
-    try:
-        cb = import_reference(file, agent)
-    except CodebookError as e:
-        raise fail(str(e)) from None
+    cb = import_reference(file, agent)
     cb.save(out)
-    console.print(f"[green]wrote[/] {out}: {cb.size} tokens")
+    console.print(f"wrote {out}: {cb.size} tokens")
 
 
 @app.command()
@@ -93,16 +83,12 @@ def report(
     max_samples: int = typer.Option(None, help="Evaluate at most this many samples."),
 ) -> None:
     """Reconstruction ADE/FDE (per step, by speed and curvature), coverage, usage, plots."""
-    from autovla.data.manifest import ManifestError
-    from autovla.tokenizer.codebook import Codebook, CodebookError
+    from autovla.tokenizer.codebook import Codebook
     from autovla.tokenizer.report import codebook_report
 
     dirs = _dirs(data, extra)
-    try:
-        cb = Codebook.load(file)
-        rep = codebook_report(cb, dirs, out, split=split, max_samples=max_samples)
-    except (CodebookError, ManifestError, ValueError, FileNotFoundError) as e:
-        raise fail(str(e)) from None
+    cb = Codebook.load(file)
+    rep = codebook_report(cb, dirs, out, split=split, max_samples=max_samples)
     q = rep["reconstruction"]
     rows = [("all", q["count"], q["ade"], q["fde"])]
     for group in ("by_speed", "by_curvature"):

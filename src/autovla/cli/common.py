@@ -1,20 +1,132 @@
-"""Small helpers shared by the command groups: errors to the user, tables."""
+"""Small helpers shared by the command groups: the error policy, output, tables.
+
+The error policy, in one place: every command runs inside `ErrorPolicyGroup.invoke` (the root
+group, see `autovla.cli`), which turns an expected failure into one plain line on stderr and
+exit code 1, and anything else into a short line with a hint to rerun with `--debug` (or
+`AUTOVLA_DEBUG=1`) for the traceback. Expected failures are what `error_message` names: the
+project's own exception classes (ConfigError, ManifestError, CheckpointError, ...), a
+`ValueError` raised by the project's code, file system errors with their file, pydantic
+validation errors, JSON / YAML / UTF-8 decoding errors and MemoryError. Commands therefore
+just raise; they catch only to add context.
+
+Nothing here goes through rich markup: ids, paths and model output may contain `[`, `/`, `]`.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
+import traceback
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-console = Console()
-err_console = Console(stderr=True)
+# markup=False: text built from data (ids, paths, reasoning) is printed as it is.
+console = Console(markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, soft_wrap=True)
+
+DEBUG_ENV = "AUTOVLA_DEBUG"
+MAX_MESSAGE = 1000  # characters of one error line
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # src/autovla
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` as one printable line: lines joined, control characters escaped, length capped."""
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    out = ""
+    for p in parts:
+        out += p if not out else (" " if out.endswith(":") else "; ") + p
+    out = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", out)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _defined_here(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] == "autovla"
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Raised by a line of this package (not inside a library it called)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one-line message for an expected failure, or None for an unexpected one (a bug)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from autovla.config import validation_message
+
+    if isinstance(exc, ValidationError):
+        return validation_message(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        bad = exc.object[exc.start : exc.start + 1]
+        return f"not valid {exc.encoding} text: byte {bad.hex()} at offset {exc.start}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        m = exc.problem_mark
+        where = "" if m.name.startswith("<") else f"{m.name}, "
+        return f"not valid YAML ({where}line {m.line + 1}, column {m.column + 1}): {exc.problem}"
+    if isinstance(exc, yaml.YAMLError):
+        return f"not valid YAML: {exc}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory (MemoryError){': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, OSError):
+        if exc.filename is not None:
+            other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+            return f"{exc.filename}{other}: {exc.strerror or type(exc).__name__}"
+        return str(exc) or type(exc).__name__
+    if _defined_here(exc) or (isinstance(exc, ValueError) and _raised_here(exc)):
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def report_error(exc: BaseException, debug: bool = False) -> typer.Exit:
+    """Print `exc` as the policy says and return the Exit (code 1) to raise."""
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = error_message(exc)
+    if message is None:
+        detail = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        hint = "" if debug else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+        typer.echo(f"internal error: {detail}{hint}", err=True)
+    else:
+        typer.echo(f"error: {one_line(message)}", err=True)
+    return typer.Exit(1)
+
+
+class ErrorPolicyGroup(TyperGroup):
+    """The root command group: runs every command under the error policy."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # exits, usage errors: click's job
+            raise
+        except Exception as exc:
+            debug = bool(ctx.params.get("debug")) or debug_enabled()
+            raise report_error(exc, debug) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print an error for a person (no traceback) and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print an error for a person (one plain line, no traceback) and return the Exit to raise."""
+    typer.echo(f"error: {one_line(message)}", err=True)
     return typer.Exit(code)
 
 
@@ -22,6 +134,18 @@ ACTION_CHOICE_HELP = (
     "Greedy action tokens: argmax (most likely token) or expected (the token nearest the "
     "probability-weighted mean motion)."
 )
+
+
+DECODING_HELP = (
+    "Decoding path: fast (static cache), reference (dynamic cache, one forward per step) or "
+    "auto (fast where the model's attention supports it). Both give the same plans."
+)
+
+
+def check_decoding(decoding: str) -> None:
+    """The CLI's --decoding, checked before any model is loaded."""
+    if decoding not in ("auto", "fast", "reference"):
+        raise fail(f"--decoding must be auto, fast or reference, got {decoding!r}")
 
 
 def check_action_choice(action_choice: str) -> None:

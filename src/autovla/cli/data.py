@@ -1,4 +1,8 @@
-"""`autovla data ...`: validate and describe datasets (converters register here too)."""
+"""`autovla data ...`: validate and describe datasets (converters register here too).
+
+Text that comes from data (paths, ids, category names) is printed without rich markup: an id
+like `[red]` or `a[/b]` is shown as written, never interpreted or crashing the printer.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def validate(
     if errors:
         bad = len({(e.file, e.line) for e in errors})
         raise fail(f"{len(errors)} errors in {bad} records ({valid} records valid)")
-    console.print(f"[green]ok[/]: {valid} records valid")
+    console.print(f"ok: {valid} records valid")
 
 
 @app.command()
@@ -44,7 +48,7 @@ def stats(path: Path = typer.Argument(..., help="Dataset directory or manifest f
         st = dataset_stats(path)
     except (FileNotFoundError, ManifestError) as e:
         raise fail(str(e)) from None
-    console.print(f"{st.total} samples in {path}")
+    typer.echo(f"{st.total} samples in {path}")
     for cat in CATEGORIES:
         rows = [
             (k, n, f"{100 * n / max(st.total, 1):.1f}%") for k, n in st.counts[cat].most_common()
@@ -128,7 +132,11 @@ def navsim(
     ),
     sensor_blobs: Path = typer.Option(..., "--sensor-blobs", help="sensor_blobs/ directory."),
     out: Path = typer.Option(..., "--out", help="Output dataset directory."),
-    split: str = typer.Option("trainval", "--split", help="Split name written to the samples."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Split name written to the samples (default: the logs' folder, navsim_logs/<split>/).",
+    ),
     stride: int = typer.Option(
         14, "--stride", help="Frames between scene starts (14: no overlap)."
     ),
@@ -175,6 +183,12 @@ def nuscenes(
         None, "--can-bus", help="CAN-bus expansion dir (default: <dataroot>/can_bus if present)."
     ),
     drivelm: Path | None = typer.Option(None, "--drivelm", help="DriveLM-nuScenes QA JSON."),
+    instruction_rule: str = typer.Option(
+        "reference",
+        "--instruction-rule",
+        help="reference: lateral offset 8 s ahead (AutoVLA's preprocessing, the default); "
+        "uniad: offset at 3 s (UniAD / ST-P3).",
+    ),
     workers: int = _WORKERS,
     shard: str | None = _SHARD,
     skip_bad: bool = _SKIP_BAD,
@@ -187,7 +201,14 @@ def nuscenes(
 
     def make(images):
         return NuScenesConverter(
-            dataroot, version, out, split=split, can_bus=can_bus, drivelm=drivelm, images=images
+            dataroot,
+            version,
+            out,
+            split=split,
+            can_bus=can_bus,
+            drivelm=drivelm,
+            images=images,
+            instruction_rule=instruction_rule,
         )
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "nuscenes")
@@ -228,3 +249,93 @@ def waymo(
         return WaymoConverter(files, out, split=split, images=images, clusters=cluster_map)
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "waymo")
+
+
+# --- metric caches (PDM-score inputs) ----------------------------------------------------
+metric_cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="Build metric caches (what the PDM score needs) for converted datasets.",
+)
+app.add_typer(metric_cache_app, name="metric-cache")
+
+
+@metric_cache_app.command("navsim")
+def metric_cache_navsim(
+    logs: Path = typer.Option(
+        ...,
+        "--logs",
+        help="navsim_logs/ (or navsim_logs/<split>/) the dataset was converted from. Log "
+        "pickles can run code: use logs from a trusted source only.",
+    ),
+    maps: Path = typer.Option(
+        ...,
+        "--maps",
+        help="nuPlan maps root: <location>/<version>/map.gpkg and "
+        "nuplan-maps-v1.0.json (docs/navsim.md).",
+    ),
+    data: Path = typer.Option(..., "--data", help="The converted NAVSIM dataset (updated)."),
+    scene_filter: Path | None = typer.Option(
+        None,
+        "--scene-filter",
+        help="Only these scenes: tokens one per line, or a NAVSIM "
+        "scene-filter YAML with a `tokens` list (e.g. navtest.yaml).",
+    ),
+    trust_pickles: bool = typer.Option(
+        False, "--trust-pickles", help="Allow any class in the pickles (trusted logs only)."
+    ),
+    workers: int = _WORKERS,
+    shard: str | None = _SHARD,
+    skip_bad: bool = _SKIP_BAD,
+    quiet: bool = _QUIET,
+) -> None:
+    """NAVSIM scenes + nuPlan maps -> metric caches for PDMS; sets each sample's `scoring`.
+
+    A cache per scene (route, centerline, drivable map, interpolated tracks, PDM-Closed
+    reference) goes to <data>/metric_cache/<log>/<token>.npz (docs/navsim.md)."""
+    from autovla.data.manifest import ManifestError
+    from autovla.data.scene_filter import read_scene_filter
+    from autovla.data.sources.runner import ConvertError, parse_shard, run_conversion
+    from autovla.scoring.cache_job import CACHE_DIR, MetricCacheJob, attach_caches
+
+    try:
+        shard_t = parse_shard(shard)
+        tokens = read_scene_filter(scene_filter) if scene_filter is not None else None
+        job = MetricCacheJob(logs, maps, data, tokens, trust_pickles)
+        units = job.units()
+        if not units:
+            raise ValueError(
+                f"no NAVSIM samples{' in the scene filter' if tokens else ''} in {data}"
+            )
+        if workers > 1:
+            job.preload()
+        summary = run_conversion(
+            units,
+            job,
+            job.root / CACHE_DIR,
+            shard=shard_t,
+            workers=workers,
+            skip_bad=skip_bad,
+            progress=not quiet,
+            desc="metric cache",
+            done=job.done,
+            manifests=False,
+        )
+        updated = attach_caches(data)
+    except ConvertError as e:
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # caches built so far stay referenced
+            attach_caches(data)
+        raise fail(f"{e}\n(use --skip-bad to skip bad scenes and go on)") from None
+    except (FileNotFoundError, ValueError, ManifestError) as e:
+        raise fail(str(e)) from None
+    rows = [
+        ("logs done now", summary.units_done),
+        ("logs already done", summary.units_resumed),
+        ("caches written", summary.written),
+        ("samples given a cache", updated),
+    ]
+    rows += [(f"skipped: {why}", n) for why, n in summary.skipped.most_common()]
+    console.print(table(f"metric cache -> {job.root / CACHE_DIR}", ["", "count"], rows))
+    for ex in summary.examples[:5]:
+        typer.echo(f"  e.g. {ex}")

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import fail
-
 
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Where every stage writes its outputs."),
@@ -15,13 +13,9 @@ def demo(
     fresh: bool = typer.Option(False, help="Redo every stage instead of reusing finished ones."),
 ) -> None:
     """Generate data, fit the codebook, train (SFT, RFT), evaluate, and write the report."""
-    from autovla.config import ConfigError
     from autovla.demo import run_demo
 
-    try:
-        run_demo(out, preset="quick" if quick else "full", fresh=fresh, echo=typer.echo)
-    except (RuntimeError, ValueError, ConfigError) as e:
-        raise fail(str(e)) from None
+    run_demo(out, preset="quick" if quick else "full", fresh=fresh, echo=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,18 +9,34 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
+from autovla.cli.common import (
+    ACTION_CHOICE_HELP,
+    DECODING_HELP,
+    check_action_choice,
+    check_decoding,
+    console,
+    fail,
+    table,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def _model_plan_fn(model: Path, mode: str, num_samples: int, seed: int, action_choice: str):
+def _model_plan_fn(
+    model: Path, mode: str, num_samples: int, seed: int, action_choice: str, decoding: str
+):
     """The model planner behind the evaluation interface."""
     from autovla.eval.planner_adapter import planner_plan_fn
 
     check_action_choice(action_choice)
+    check_decoding(decoding)
     return planner_plan_fn(
-        model, mode=mode, num_samples=num_samples, seed=seed, action_choice=action_choice
+        model,
+        mode=mode,
+        num_samples=num_samples,
+        seed=seed,
+        action_choice=action_choice,
+        decoding=decoding,
     )
 
 
@@ -31,17 +47,27 @@ def open_loop(
     split: str = typer.Option("test", help="Split to evaluate."),
     model: Path | None = typer.Option(None, help="Model directory (the trained planner)."),
     baseline: str | None = typer.Option(
-        None, help="Built-in baseline: constant-velocity, expert or quantized-gt."
+        None,
+        "--baseline",
+        "--planner",
+        help="Built-in baseline planner: constant-velocity, pdm-closed, expert or quantized-gt.",
     ),
     codebook: Path | None = typer.Option(None, help="Codebook file (for --baseline quantized-gt)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     num_samples: int = typer.Option(1, min=1, help="Plans sampled per scene (best-of-K)."),
     batch_size: int = typer.Option(8, min=1),
     limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N samples."),
     seed: int = typer.Option(0),
     overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
     report: bool = typer.Option(True, help="Also write report.html."),
+    scene_filter: Path | None = typer.Option(
+        None,
+        "--scene-filter",
+        help="Only these scenes (NAVSIM navtest style): tokens one per line, or a NAVSIM "
+        "scene-filter YAML with a `tokens` list.",
+    ),
 ) -> None:
     """Plan every sample of a split and compute L2, ADE/FDE, collisions, PDMS, RFS, latency."""
     from autovla.data.manifest import ManifestError
@@ -54,13 +80,18 @@ def open_loop(
     if mode not in ("auto", "fast", "slow"):
         raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
     try:
+        tokens = None
+        if scene_filter is not None:
+            from autovla.data.scene_filter import read_scene_filter
+
+            tokens = read_scene_filter(scene_filter)
         if baseline is not None:
             plan_fn = make_baseline(baseline, codebook)
         else:
             from autovla.model.checkpoint import CheckpointError
 
             try:
-                plan_fn = _model_plan_fn(model, mode, num_samples, seed, action_choice)
+                plan_fn = _model_plan_fn(model, mode, num_samples, seed, action_choice, decoding)
             except CheckpointError as e:
                 raise fail(str(e)) from None
         results = run_open_loop(
@@ -76,10 +107,12 @@ def open_loop(
             config={
                 "mode": mode,
                 "action_choice": action_choice,
+                "decoding": decoding,
                 "num_samples": num_samples,
                 "codebook": str(codebook) if codebook else None,
             },
             seed=seed,
+            scene_filter=tokens,
         )
     except (FileNotFoundError, FileExistsError, ManifestError, ValueError) as e:
         raise fail(str(e)) from None
@@ -89,9 +122,15 @@ def open_loop(
 
         first = next((r.get("error") for r in read_rows(out) if r.get("error")), None)
         raise fail(f"no valid plans in {out}; first error: {first}")
+    sf = results.get("scene_filter")
+    if sf and sf["missing"]:
+        console.print(
+            f"warning: {sf['missing']} of the {sf['tokens']} scenes of the filter "
+            f"are not in the split (listed in {out / 'results.json'})"
+        )
     if o.get("n_scoring_errors"):
         console.print(
-            f"[yellow]warning:[/] {o['n_scoring_errors']} samples could not be scored "
+            f"warning: {o['n_scoring_errors']} samples could not be scored "
             f"(see scoring_error in {out / 'samples.jsonl'})"
         )
     keys = [
@@ -113,7 +152,18 @@ def open_loop(
         table(
             f"open loop: {results['planner']} on {split}",
             ["metric", "value"],
-            [("samples (valid)", f"{o['n']} ({o['n_valid']})")] + [(k, o[k]) for k in keys],
+            [("samples (valid)", f"{o['n']} ({o['n_valid']})")]
+            + (
+                [
+                    (
+                        "pdms scenes (scored / failed)",
+                        f"{o.get('n_pdms', 0)} / {o.get('n_scoring_errors', 0)}",
+                    )
+                ]
+                if "pdms" in o or o.get("n_scoring_errors")
+                else []
+            )
+            + [(k, o[k]) for k in keys],
         )
     )
     if report:
@@ -166,6 +216,7 @@ def closed_loop(
     types: list[str] = typer.Option([], "--types", help="Scenario types (default: all, in turn)."),
     mode: str = typer.Option("auto", help="Thinking mode: auto, fast or slow (model only)."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     gif: list[int] = typer.Option([], "--gif", help="Save an animated GIF of episode N."),
     overwrite: bool = typer.Option(False, help="Write into an existing run directory."),
     report: bool = typer.Option(True, help="Also write report.html."),
@@ -189,7 +240,7 @@ def closed_loop(
         from autovla.model.checkpoint import CheckpointError
 
         try:
-            plan_fn = _model_plan_fn(model, mode, 1, seed, action_choice)
+            plan_fn = _model_plan_fn(model, mode, 1, seed, action_choice, decoding)
         except CheckpointError as e:
             raise fail(str(e)) from None
     try:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from autovla.cli.common import ACTION_CHOICE_HELP, check_action_choice, console, fail, table
+from autovla.cli.common import (
+    ACTION_CHOICE_HELP,
+    DECODING_HELP,
+    check_action_choice,
+    check_decoding,
+    console,
+    fail,
+    table,
+)
 
 
 def plan(
@@ -19,6 +27,7 @@ def plan(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
+    decoding: str = typer.Option("auto", help=DECODING_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(None, help="Write plan.png and plan.json here."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
@@ -27,41 +36,33 @@ def plan(
     import numpy as np
     import torch
 
-    from autovla.data.manifest import ManifestError, dataset_root, iter_samples
+    from autovla.data.manifest import dataset_root, iter_samples
     from autovla.io import write_json
     from autovla.model.backbone import quiet_transformers
-    from autovla.model.checkpoint import AutoVLA, CheckpointError
+    from autovla.model.checkpoint import AutoVLA
     from autovla.model.planner import Planner
 
     quiet_transformers()
     if mode not in ("auto", "fast", "slow"):
         raise fail(f"--mode must be auto, fast or slow, got {mode!r}")
     check_action_choice(action_choice)
+    check_decoding(decoding)
     if index is not None and sample_id is not None:
         raise fail("give --index or --id, not both")
-    try:
-        sample = _pick(iter_samples(data, split), index or 0, sample_id)
-    except (FileNotFoundError, ManifestError) as e:
-        raise fail(str(e)) from None
+    sample = _pick(iter_samples(data, split), index or 0, sample_id)
     if sample is None:
         what = f"id {sample_id!r}" if sample_id is not None else f"index {index}"
         raise fail(f"{data}: no sample with {what}" + (f" in split {split!r}" if split else ""))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.startswith("cuda") else None
-    try:
-        vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
-    except (CheckpointError, FileNotFoundError, OSError) as e:
-        raise fail(str(e)) from None
+    vla = AutoVLA.from_pretrained(model, device=dev, dtype=dtype)
     root = dataset_root(data)
-    try:
-        (res,) = Planner(vla, action_choice=action_choice).plan(
-            [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
-        )
-    except FileNotFoundError as e:
-        raise fail(str(e)) from None
+    (res,) = Planner(vla, action_choice=action_choice, decoding=decoding).plan(
+        [sample], root, mode=mode, temperature=temperature, top_p=top_p, seed=seed
+    )
     console.print(
-        f"sample [bold]{sample.id}[/] ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
-        f"mode [bold]{res.mode}[/], {res.num_generated_tokens} tokens generated, "
+        f"sample {sample.id} ({sample.instruction}, {sample.ego.speed:.2f} m/s): "
+        f"mode {res.mode}, {res.num_generated_tokens} tokens generated, "
         f"{1000 * res.timings['total']:.0f} ms"
     )
     truth = sample.future_array() if sample.future is not None else None
@@ -74,17 +75,19 @@ def plan(
     cols = ["t (s)", "token", "x", "y", "heading"] + (["error (m)"] if truth is not None else [])
     console.print(table("plan", cols, rows))
     if res.reasoning:
-        console.print("[bold]reasoning[/]\n" + res.reasoning, highlight=False)
+        console.print("reasoning:\n" + res.reasoning, highlight=False)
     if out is not None:
         from autovla.model.visualize import save_plan_png
+        from autovla.paths import inside, safe_name
 
         out.mkdir(parents=True, exist_ok=True)
+        stem = safe_name(f"plan_{sample.id}")  # ids come from data: never a path out of --out
         png = save_plan_png(
-            out / f"plan_{sample.id}.png", sample, root, res.trajectory,
+            inside(out, f"{stem}.png"), sample, root, res.trajectory,
             title=f"{sample.id}: {res.mode} plan",
         )  # fmt: skip
         write_json(
-            out / f"plan_{sample.id}.json",
+            inside(out, f"{stem}.json"),
             {
                 "id": sample.id,
                 "mode": res.mode,
@@ -96,7 +99,7 @@ def plan(
                 "timings": res.timings,
             },
         )
-        console.print(f"wrote {png}")
+        typer.echo(f"wrote {png}")
 
 
 def _pick(samples, index: int, sample_id: str | None):

@@ -7,6 +7,10 @@ Images stay as files beside the manifest.
 
 A dataset is a directory holding `manifest.jsonl` or shards `manifest-*.jsonl` (read in
 name order), optional `dataset.json` (free-form info) and the image files.
+
+Every line is checked before it is parsed: UTF-8, at most MAX_LINE_BYTES long, JSON nested at
+most MAX_JSON_DEPTH deep. A line that fails is a ManifestError naming file and line, like a
+record that fails the schema, never a traceback or a parser's stack overflow.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from pydantic import ValidationError
 
 from autovla.data.schema import DrivingSample
@@ -25,6 +30,8 @@ from autovla.io import atomic_path
 
 MANIFEST_NAME = "manifest.jsonl"
 MANIFEST_GLOB = "manifest*.jsonl"
+MAX_LINE_BYTES = 16 * 2**20  # a real sample is a few kB; 100 scene objects ~50 kB
+MAX_JSON_DEPTH = 32  # the schema nests 6 deep; `meta` adds at most MAX_META_DEPTH
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,65 @@ def parse_line(line: str, file: str = "<string>", lineno: int = 0) -> DrivingSam
     return DrivingSample.model_validate_json(line)
 
 
+def json_depth(text: str | bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, without parsing it (linear time,
+    numpy: brackets inside strings are not counted)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return min(MAX_JSON_DEPTH, data.count(b"[") + data.count(b"{"))  # cannot be deeper
+    a = np.frombuffer(data, dtype=np.uint8)
+    idx = np.arange(len(a))
+    # a quote is escaped when an odd number of backslashes precede it
+    last_plain = np.maximum.accumulate(np.where(a != 0x5C, idx, -1))
+    preceding = idx - 1 - np.concatenate([[-1], last_plain[:-1]])
+    quote = (a == 0x22) & (preceding % 2 == 0)
+    outside = np.cumsum(quote) % 2 == 0  # not inside a string (a closing quote counts as out)
+    step = np.zeros(len(a), dtype=np.int64)
+    step[((a == 0x5B) | (a == 0x7B)) & outside] = 1
+    step[((a == 0x5D) | (a == 0x7D)) & outside] = -1
+    return int(np.cumsum(step).max(initial=0))
+
+
+def read_lines(file: str | os.PathLike) -> Iterator[tuple[int, str | RecordError]]:
+    """(line number, text) of each non-blank line, or a RecordError for a line that is not
+    UTF-8 or longer than MAX_LINE_BYTES (skipped without reading it into memory whole)."""
+    name = str(file)
+    with open(file, "rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while (chunk := f.readline(2**20)) and not chunk.endswith(b"\n"):
+                    pass
+                yield (
+                    lineno,
+                    RecordError(name, lineno, None, "", f"line longer than {MAX_LINE_BYTES} bytes"),
+                )
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = f"not UTF-8 text (byte {e.start} of the line: {raw[e.start : e.start + 1]!r})"
+                yield lineno, RecordError(name, lineno, None, "", msg)
+                continue
+            if text.strip():
+                yield lineno, text
+
+
 def _line_errors(line: str, file: str, lineno: int) -> Iterator[RecordError]:
+    depth = json_depth(line)
+    if depth > MAX_JSON_DEPTH:
+        yield RecordError(
+            file, lineno, None, "", f"JSON nested {depth} deep (at most {MAX_JSON_DEPTH})"
+        )
+        return
     try:
         # NaN/Infinity literals parse here so the schema can name the field they sit in.
         raw = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         yield RecordError(file, lineno, None, "", f"malformed JSON: {e}")
         return
     if not isinstance(raw, dict):
@@ -114,19 +175,18 @@ def iter_samples(
     """Stream samples from a dataset directory or manifest file, failing on the first bad record."""
     seen: set[str] = set()
     for file in manifest_files(path):
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                sample = parse_line(line, str(file), lineno)
-                if check_duplicates:
-                    if sample.id in seen:
-                        raise ManifestError(
-                            RecordError(str(file), lineno, sample.id, "id", "duplicate id")
-                        )
-                    seen.add(sample.id)
-                if split is None or sample.split == split:
-                    yield sample
+        for lineno, line in read_lines(file):
+            if isinstance(line, RecordError):
+                raise ManifestError(line)
+            sample = parse_line(line, str(file), lineno)
+            if check_duplicates:
+                if sample.id in seen:
+                    raise ManifestError(
+                        RecordError(str(file), lineno, sample.id, "id", "duplicate id")
+                    )
+                seen.add(sample.id)
+            if split is None or sample.split == split:
+                yield sample
 
 
 def load_samples(path: str | os.PathLike, split: str | None = None) -> list[DrivingSample]:
@@ -143,28 +203,28 @@ def check_manifest(
     """
     seen: dict[str, tuple[str, int]] = {}
     for file in manifest_files(path):
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                errors = list(_line_errors(line, str(file), lineno))
-                if errors:
-                    yield str(file), lineno, errors
-                    continue
-                sample = DrivingSample.model_validate_json(line)
-                if sample.id in seen:
-                    first_file, first_line = seen[sample.id]
-                    dup = RecordError(
-                        str(file),
-                        lineno,
-                        sample.id,
-                        "id",
-                        f"duplicate id (first at {first_file}:{first_line})",
-                    )
-                    yield str(file), lineno, [dup]
-                    continue
-                seen[sample.id] = (str(file), lineno)
-                yield str(file), lineno, sample
+        for lineno, line in read_lines(file):
+            if isinstance(line, RecordError):
+                yield str(file), lineno, [line]
+                continue
+            errors = list(_line_errors(line, str(file), lineno))
+            if errors:
+                yield str(file), lineno, errors
+                continue
+            sample = DrivingSample.model_validate_json(line)
+            if sample.id in seen:
+                first_file, first_line = seen[sample.id]
+                dup = RecordError(
+                    str(file),
+                    lineno,
+                    sample.id,
+                    "id",
+                    f"duplicate id (first at {first_file}:{first_line})",
+                )
+                yield str(file), lineno, [dup]
+                continue
+            seen[sample.id] = (str(file), lineno)
+            yield str(file), lineno, sample
 
 
 class ManifestWriter:
@@ -212,10 +272,10 @@ def rewrite_manifest(path: str | os.PathLike, update) -> int:
     """
     changed = 0
     for file in manifest_files(path):
-        with ManifestWriter(file) as w, open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+        with ManifestWriter(file) as w:
+            for lineno, line in read_lines(file):
+                if isinstance(line, RecordError):
+                    raise ManifestError(line)
                 sample = parse_line(line, str(file), lineno)
                 new = update(sample)
                 if new is not sample and sample_to_line(new) != sample_to_line(sample):

@@ -3,6 +3,17 @@
 Arrays are stored as nested lists of floats so a manifest line is plain JSON; use the
 `*_array()` helpers for numpy views. All poses are in the ego frame at the current time
 (x forward, y left, heading CCW radians).
+
+Beyond types, a sample must be usable by the method (docs/method.md sections 1-3) and
+plausible, so a broken converter or a hostile file fails here, with the field named, and not
+deep inside training. The documented limits (docs/data.md, "Limits"):
+* the three standard cameras (front, front_left, front_right), at most MAX_FRAMES frames each;
+* history: exactly HISTORY_POSES poses at 2 Hz, oldest first, the last the current pose
+  (0, 0, 0);
+* every number finite (meta included); |speed| <= MAX_SPEED, |acceleration| <= MAX_ACCEL;
+  every position within MAX_RANGE of the ego; object sizes <= MAX_OBJECT_SIZE;
+* every string at most MAX_TEXT_CHARS characters (reasoning included), `meta` nested at most
+  MAX_META_DEPTH deep.
 """
 
 from __future__ import annotations
@@ -23,6 +34,19 @@ CAMERA_NAMES: tuple[str, ...] = STANDARD_CAMERAS + OPTIONAL_CAMERAS
 
 FUTURE_STEPS = 10  # 5 s at 2 Hz
 STEP_SECONDS = 0.5
+DEFAULT_FRAMES = 4  # per camera, 2 Hz, oldest first
+HISTORY_POSES = 4  # -1.5, -1.0, -0.5, 0 s: the last is the current pose (0, 0, 0)
+
+# Plausibility and size limits (docs/data.md, "Limits"): far beyond real driving, far below
+# what would exhaust memory or make a number meaningless.
+MAX_SPEED = 70.0  # m/s (252 km/h), ego and objects
+MAX_ACCEL = 50.0  # m/s^2 (5 g)
+MAX_RANGE = 1000.0  # m, any position in the ego frame
+MAX_OBJECT_SIZE = 100.0  # m, box length or width
+MAX_FRAMES = 16  # per camera
+MAX_TEXT_CHARS = 20_000  # any string field; ~5k tokens of reasoning
+MAX_META_DEPTH = 8  # containers nested inside `meta`
+ORIGIN_TOL = 1e-3  # m / rad: the last history pose is the current one
 
 Pose = tuple[float, float, float]
 Point = tuple[float, float]
@@ -39,8 +63,51 @@ OBJECT_CLASSES: tuple[str, ...] = (
 
 
 class _Strict(BaseModel):
-    # Finite numbers only: NaN or inf in a manifest is a data bug, not a value.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=False)
+    # Finite numbers only: NaN or inf in a manifest is a data bug, not a value. Strings are
+    # bounded: a 50 MB "reasoning" must fail here, not inside the tokenizer.
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, frozen=False, str_max_length=MAX_TEXT_CHARS
+    )
+
+
+def _check_positions(poses: Any, what: str) -> None:
+    """Positions (the first two numbers of each pose) within MAX_RANGE of the ego."""
+    for i, p in enumerate(poses):
+        if p is not None and (abs(p[0]) > MAX_RANGE or abs(p[1]) > MAX_RANGE):
+            raise ValueError(
+                f"{what} {i} at ({p[0]:g}, {p[1]:g}) is more than {MAX_RANGE:g} m from the ego"
+            )
+
+
+def _check_kind(v: str) -> str:
+    if v not in OBJECT_CLASSES:
+        raise ValueError(f"unknown object kind {v!r}; valid: {', '.join(OBJECT_CLASSES)}")
+    return v
+
+
+def check_meta(value: Any) -> None:
+    """`meta` holds JSON only: finite numbers, strings of at most MAX_TEXT_CHARS, containers
+    nested at most MAX_META_DEPTH deep (iterative, so a deep value cannot exhaust the stack)."""
+    stack: list[tuple[Any, str, int]] = [(value, "meta", 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > MAX_META_DEPTH:
+            raise ValueError(f"{where} is nested more than {MAX_META_DEPTH} deep")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"{where} has a non-string key {k!r}")
+                stack.append((x, f"{where}.{k}", depth + 1))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{where}.{i}", depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, float):
+            if not np.isfinite(v):
+                raise ValueError(f"{where} is {v}; numbers must be finite")
+        elif isinstance(v, str):
+            if len(v) > MAX_TEXT_CHARS:
+                raise ValueError(f"{where} has {len(v)} characters (at most {MAX_TEXT_CHARS})")
+        elif not (v is None or isinstance(v, (bool, int))):
+            raise ValueError(f"{where} is a {type(v).__name__}; meta holds JSON values only")
 
 
 class EgoState(_Strict):
@@ -50,6 +117,14 @@ class EgoState(_Strict):
     vy: float = 0.0
     ax: float = 0.0
     ay: float = 0.0
+
+    @model_validator(mode="after")
+    def _plausible(self) -> EgoState:
+        if self.speed > MAX_SPEED:
+            raise ValueError(f"speed {self.speed:g} m/s is above {MAX_SPEED:g} m/s")
+        if self.accel > MAX_ACCEL:
+            raise ValueError(f"acceleration {self.accel:g} m/s^2 is above {MAX_ACCEL:g} m/s^2")
+        return self
 
     @property
     def speed(self) -> float:
@@ -73,22 +148,74 @@ class SceneObject(_Strict):
         default=None, description="e.g. same_lane_ahead, left_lane, oncoming, crossing"
     )
     behaviour: str | None = Field(default=None, description="e.g. braking, stopped, cutting_in")
-    future: list[Pose] | None = Field(
-        default=None, description="future centre poses at 0.5 s steps (ground truth)"
+    future: list[Pose | None] | None = Field(
+        default=None,
+        description="future centre poses at 0.5 s steps (ground truth); null at a step where "
+        "the object is not annotated",
     )
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in OBJECT_CLASSES:
-            raise ValueError(f"unknown object kind {v!r}; valid: {', '.join(OBJECT_CLASSES)}")
-        return v
+        return _check_kind(v)
 
     @field_validator("box")
     @classmethod
     def _positive_size(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if v[3] <= 0 or v[4] <= 0:
             raise ValueError(f"box length and width must be positive, got {v[3]} x {v[4]}")
+        if v[3] > MAX_OBJECT_SIZE or v[4] > MAX_OBJECT_SIZE:
+            raise ValueError(f"box {v[3]:g} x {v[4]:g} m is larger than {MAX_OBJECT_SIZE:g} m")
+        _check_positions([v], "box")
+        return v
+
+    @field_validator("velocity")
+    @classmethod
+    def _plausible_velocity(cls, v: Point) -> Point:
+        if float(np.hypot(*v)) > MAX_SPEED:
+            raise ValueError(f"speed {float(np.hypot(*v)):g} m/s is above {MAX_SPEED:g} m/s")
+        return v
+
+    @field_validator("future")
+    @classmethod
+    def _future_range(cls, v: list[Pose | None] | None) -> list[Pose | None] | None:
+        if v is not None:
+            _check_positions(v, "pose")
+        return v
+
+    def future_poses(self, steps: int) -> list[Pose | None]:
+        """The first `steps` future poses, None where the object is not annotated."""
+        fut = list(self.future or [])[:steps]
+        return fut + [None] * (steps - len(fut))
+
+
+class FutureObject(_Strict):
+    """An object not annotated now that is annotated at a later step (it enters the scene):
+    the BEV collision metric counts every object present at each future time."""
+
+    id: str
+    kind: str = Field(description="one of OBJECT_CLASSES")
+    size: tuple[float, float] = Field(description="length, width (m)")
+    future: list[Pose | None] = Field(
+        description="centre poses at 0.5 s steps, ego frame; null where not annotated"
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _check_kind(v)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= MAX_OBJECT_SIZE and 0 < v[1] <= MAX_OBJECT_SIZE):
+            raise ValueError(f"size must be in (0, {MAX_OBJECT_SIZE:g}] m, got {v[0]} x {v[1]}")
+        return v
+
+    @field_validator("future")
+    @classmethod
+    def _future_range(cls, v: list[Pose | None]) -> list[Pose | None]:
+        _check_positions(v, "pose")
         return v
 
 
@@ -96,6 +223,15 @@ class SceneFacts(_Strict):
     """Structured facts about the scene, used for reasoning text and metrics."""
 
     objects: list[SceneObject] = Field(default_factory=list)
+    future_objects: list[FutureObject] = Field(
+        default_factory=list, description="objects that appear only after the current time"
+    )
+    objects_tracked: bool = Field(
+        default=False,
+        description="every object annotated at each future step is recorded (`future` with "
+        "null where an object is not annotated, `future_objects`): the BEV collision metric "
+        "applies to this sample",
+    )
     traffic_light: Literal["red", "yellow", "green", "none"] | None = None
     traffic_light_distance: float | None = None
     road: str | None = Field(default=None, description="e.g. straight, curve, intersection")
@@ -118,6 +254,12 @@ class Preference(_Strict):
     def _same_count(self) -> Preference:
         if len(self.trajectories) != len(self.scores):
             raise ValueError(f"{len(self.trajectories)} trajectories but {len(self.scores)} scores")
+        if not 0 < self.hz <= 100:
+            raise ValueError(f"hz must be in (0, 100], got {self.hz}")
+        for i, (traj, score) in enumerate(zip(self.trajectories, self.scores, strict=True)):
+            if not 0 <= score <= 10:
+                raise ValueError(f"score {i} is {score}; rated scores are 0-10")
+            _check_positions(traj, f"trajectory {i} point")
         return self
 
 
@@ -156,16 +298,35 @@ class DrivingSample(_Strict):
     @field_validator("cameras")
     @classmethod
     def _cameras(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        if not v:
-            raise ValueError("at least one camera is required")
         for name, frames in v.items():
             if name not in CAMERA_NAMES:
                 raise ValueError(f"unknown camera {name!r}; valid: {', '.join(CAMERA_NAMES)}")
             if not frames:
                 raise ValueError(f"camera {name!r} has no frames")
+            if len(frames) > MAX_FRAMES:
+                raise ValueError(f"camera {name!r} has {len(frames)} frames (at most {MAX_FRAMES})")
+        # the model reads the three front cameras (docs/method.md section 1)
+        missing = [c for c in STANDARD_CAMERAS if c not in v]
+        if missing:
+            raise ValueError(
+                f"missing camera(s) {', '.join(missing)}; required: {', '.join(STANDARD_CAMERAS)}"
+            )
         counts = {len(f) for f in v.values()}
         if len(counts) > 1:
             raise ValueError(f"cameras have different frame counts: {sorted(counts)}")
+        return v
+
+    @field_validator("history")
+    @classmethod
+    def _history(cls, v: list[Pose]) -> list[Pose]:
+        if len(v) != HISTORY_POSES:
+            raise ValueError(
+                f"history must have {HISTORY_POSES} poses (-1.5, -1.0, -0.5, 0 s at 2 Hz), "
+                f"got {len(v)}"
+            )
+        if max(abs(x) for x in v[-1]) > ORIGIN_TOL:
+            raise ValueError(f"the last history pose is the current one, (0, 0, 0); got {v[-1]}")
+        _check_positions(v, "pose")
         return v
 
     @field_validator("future")
@@ -173,6 +334,14 @@ class DrivingSample(_Strict):
     def _future_len(cls, v: list[Pose] | None) -> list[Pose] | None:
         if v is not None and len(v) != FUTURE_STEPS:
             raise ValueError(f"future must have {FUTURE_STEPS} poses (0.5 s ... 5 s), got {len(v)}")
+        if v is not None:
+            _check_positions(v, "pose")
+        return v
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_meta(v)
         return v
 
     # --- numpy views -------------------------------------------------------------------

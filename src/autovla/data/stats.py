@@ -11,7 +11,16 @@ import numpy as np
 from autovla.data.manifest import iter_samples
 from autovla.geometry import path_length
 
-CATEGORIES = ("source", "split", "scenario_type", "instruction", "complexity", "reasoning")
+CATEGORIES = (
+    "source",
+    "split",
+    "scenario_type",
+    "instruction",
+    "complexity",
+    "complexity_by_source",
+    "complexity_reason",
+    "reasoning",
+)
 
 
 @dataclass
@@ -39,9 +48,14 @@ def dataset_stats(path: str | os.PathLike) -> DatasetStats:
         c["split"][s.split] += 1
         c["scenario_type"][s.scenario_type or "(none)"] += 1
         c["instruction"][s.instruction] += 1
-        c["complexity"][
+        label = (
             "(unlabelled)" if s.complex is None else "complex" if s.complex else "straightforward"
-        ] += 1
+        )
+        c["complexity"][label] += 1
+        c["complexity_by_source"][f"{s.source}: {label}"] += 1
+        # why the rule (annotate.complexity) chose a scene; one sample can have several reasons
+        for reason in s.meta.get("complexity_reasons") or ():
+            c["complexity_reason"][str(reason)] += 1
         c["reasoning"]["with reasoning" if s.reasoning else "without reasoning"] += 1
         st.speeds.append(s.ego.speed)
         if s.future is not None:

@@ -1,4 +1,8 @@
-"""Check a dataset: every record valid, ids unique, every image present and decodable."""
+"""Check a dataset: every record valid, ids unique, every image present and decodable.
+
+Image paths may point outside the dataset folder (converters reference images in place,
+docs/real-datasets.md); they are only read here, never written.
+"""
 
 from __future__ import annotations
 
@@ -42,14 +46,17 @@ def validate_dataset(
     root = dataset_root(path)
     manifest_files(path)  # a clear error when there is no manifest at all
     errors: list[RecordError] = []
-    valid = 0
+    valid = records = 0
     for file, line, item in tqdm(
         check_manifest(path), desc="validate", unit="rec", disable=not progress
     ):
+        records += 1
         if isinstance(item, list):
             errors.extend(item)
             continue
         found = list(image_errors(item, root, file, line)) if check_images else []
         errors.extend(found)
         valid += not found
+    if records == 0:  # an empty dataset trains nothing: say so here, not after model loading
+        errors.append(RecordError(str(path), 0, None, "", "the dataset has no records"))
     return valid, errors

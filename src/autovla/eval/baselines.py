@@ -68,6 +68,31 @@ class ConstantVelocity:
         return out
 
 
+class PDMClosed:
+    """NAVSIM's rule-based reference planner: the PDM-Closed trajectory stored in each
+    sample's metric cache (built from the map, the route and the scene at t = 0, never the
+    logged future), resampled to the plan's 10 poses at 0.5 s (it spans 5 s)."""
+
+    name = "pdm-closed"
+    needs_answer = False
+
+    def __call__(self, samples: list[DrivingSample], roots: list[Path]) -> list[PlanOutput]:
+        from autovla.scoring.interpolate import plan_poses
+        from autovla.scoring.pdm_score import load_cache_cached
+
+        out = []
+        for s, root in zip(samples, roots, strict=True):
+            t0 = time.perf_counter()
+            if not s.scoring:
+                raise ValueError(
+                    f"sample {s.id!r}, field 'scoring': pdm-closed needs a metric cache"
+                )
+            cache = load_cache_cached(root, s)
+            traj = plan_poses(cache.pdm_closed, FUTURE_STEPS)
+            out.append(PlanOutput(traj, latency=time.perf_counter() - t0))
+        return out
+
+
 class Expert:
     """The logged future itself: the upper bound of every imitation metric."""
 
@@ -103,13 +128,15 @@ class QuantizedTruth:
         ]
 
 
-BASELINES = ("constant-velocity", "expert", "quantized-gt")
+BASELINES = ("constant-velocity", "pdm-closed", "expert", "quantized-gt")
 
 
 def make_baseline(name: str, codebook: str | Path | None = None) -> PlanFn:
     """A baseline by its registered name."""
     if name == "constant-velocity":
         return ConstantVelocity()
+    if name == "pdm-closed":
+        return PDMClosed()
     if name == "expert":
         return Expert()
     if name == "quantized-gt":

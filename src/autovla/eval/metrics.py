@@ -1,8 +1,20 @@
-"""Open-loop metrics as plain functions over batches (METHOD sections 7 and 9).
+"""Open-loop metrics as plain functions over batches (docs/method.md sections 7 and 9).
 
 Trajectories are (B, T, 2 or 3) in the ego frame at 0.5 s steps (step k is at (k + 1) * 0.5 s).
 Per-sample values are returned so callers can group them (scenario type, complexity) and
 bootstrap them; means are taken by the caller.
+
+nuScenes BEV collision, two conventions (`convention=`):
+* "uniad" (default, the UniAD / ST-P3 evaluation code): the ego box stays aligned with the
+  current frame and is translated to each planned position (not rotated with the plan's
+  heading); the occupancy holds every annotated vehicle, pedestrian and cyclist present at
+  that future time (objects annotated now, with gaps, and objects entering later); it applies
+  to every sample whose objects are tracked (`SceneFacts.objects_tracked`), so the rate
+  divides by all such samples, with or without objects nearby;
+* "rotated" (this project's earlier rule): the ego box rotates with the planned heading, only
+  the objects annotated now are followed (up to their first unannotated step), and only
+  samples with some object future count.
+In both, a step where the ground-truth trajectory itself collides is not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +36,13 @@ EGO_LENGTH = 4.084  # m
 EGO_WIDTH = 1.85  # m
 EGO_FORWARD_SHIFT = 0.5  # m, the box centre lies this far ahead of the pose
 COLLISION_KINDS = ("vehicle", "pedestrian", "bicycle")
+COLLISION_CONVENTIONS = ("uniad", "rotated")
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in COLLISION_CONVENTIONS:
+        valid = ", ".join(COLLISION_CONVENTIONS)
+        raise ValueError(f"unknown collision convention {convention!r}; valid: {valid}")
 
 
 def _xy(a: np.ndarray) -> np.ndarray:
@@ -77,15 +96,30 @@ def fde(pred: np.ndarray, gt: np.ndarray, steps: int | None = None) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------- collision
-def object_boxes(scene: SceneFacts | None, steps: int) -> list[np.ndarray]:
-    """Per step, the (N, 4, 2) corners of vehicles/pedestrians/cyclists with known futures."""
+def object_boxes(
+    scene: SceneFacts | None, steps: int, convention: str = "uniad"
+) -> list[np.ndarray]:
+    """Per step, the (N, 4, 2) corners of the vehicles/pedestrians/cyclists there: every
+    object annotated at that step ("uniad"), or those annotated now followed up to their first
+    unannotated step ("rotated")."""
+    _check_convention(convention)
     out: list[list[np.ndarray]] = [[] for _ in range(steps)]
+    tracks: list[tuple[list, float, float]] = []
     for o in scene.objects if scene else []:
-        if o.kind not in COLLISION_KINDS or not o.future:
-            continue
-        corners = box_corners(np.asarray(o.future[:steps], dtype=np.float64), o.box[3], o.box[4])
-        for k, c in enumerate(corners):
-            out[k].append(c)
+        if o.kind in COLLISION_KINDS:
+            tracks.append((o.future_poses(steps), o.box[3], o.box[4]))
+    if convention == "uniad":
+        for f in scene.future_objects if scene else []:
+            if f.kind in COLLISION_KINDS:
+                fut = list(f.future[:steps])
+                tracks.append((fut + [None] * (steps - len(fut)), f.size[0], f.size[1]))
+    for poses, length, width in tracks:
+        for k, p in enumerate(poses):
+            if p is None:
+                if convention == "rotated":
+                    break
+                continue
+            out[k].append(box_corners(np.asarray(p, dtype=np.float64), length, width))
     return [np.stack(b) if b else np.zeros((0, 4, 2)) for b in out]
 
 
@@ -120,9 +154,15 @@ def _inside_convex(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return np.all(cross >= 0, -1) | np.all(cross <= 0, -1)
 
 
-def ego_box(poses: np.ndarray) -> np.ndarray:
-    """Ego corners (T, 4, 2) for poses (T, 3): the nuScenes box, shifted forward."""
-    p = np.asarray(poses, dtype=np.float64).copy()
+def ego_box(poses: np.ndarray, convention: str = "uniad") -> np.ndarray:
+    """Ego corners (T, 4, 2) for poses (T, 3 or 2): the nuScenes box, shifted forward; rotated
+    with each pose's heading, or ("uniad") aligned with the current frame, only translated."""
+    _check_convention(convention)
+    p = np.zeros((len(poses), 3))
+    given = np.asarray(poses, dtype=np.float64).reshape(len(p), -1)
+    p[:, : min(3, given.shape[1])] = given[:, :3]
+    if convention == "uniad":
+        p[:, 2] = 0.0
     p[:, 0] += EGO_FORWARD_SHIFT * np.cos(p[:, 2])
     p[:, 1] += EGO_FORWARD_SHIFT * np.sin(p[:, 2])
     return box_corners(p, EGO_LENGTH, EGO_WIDTH)
@@ -139,12 +179,14 @@ def _cells_inside(poly: np.ndarray) -> np.ndarray:
     return pts[_inside_convex(pts, poly)]
 
 
-def collisions_per_step(poses: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
+def collisions_per_step(
+    poses: np.ndarray, boxes: list[np.ndarray], convention: str = "uniad"
+) -> np.ndarray:
     """Whether the ego box at each pose (T, 3) shares a BEV cell with any object (T,).
 
     Same answer as intersecting `rasterize` grids, but only the ego's few cells are tested
     against the objects, which is ~100x faster than filling 200 x 200 grids."""
-    ego = ego_box(poses)
+    ego = ego_box(poses, convention)
     out = np.zeros(len(ego), dtype=bool)
     for k, objs in enumerate(boxes[: len(ego)]):
         if not len(objs):
@@ -157,18 +199,32 @@ def collisions_per_step(poses: np.ndarray, boxes: list[np.ndarray]) -> np.ndarra
 
 
 def bev_collision(
-    pred: np.ndarray, gt: np.ndarray, scene: SceneFacts | None, steps: int = 6
+    pred: np.ndarray,
+    gt: np.ndarray,
+    scene: SceneFacts | None,
+    steps: int = 6,
+    convention: str = "uniad",
 ) -> np.ndarray:
     """Per-step collision flags (steps,) of a plan (T, 3); a step where the ground truth
-    itself collides is not counted (labels and boxes disagree there, METHOD section 9)."""
-    boxes = object_boxes(scene, steps)
-    plan = collisions_per_step(np.asarray(pred)[:steps], boxes)
-    truth = collisions_per_step(np.asarray(gt)[:steps], boxes)
+    itself collides is not counted (labels and boxes disagree there, docs/method.md
+    section 9). See the module docstring for the conventions."""
+    boxes = object_boxes(scene, steps, convention)
+    plan = collisions_per_step(np.asarray(pred)[:steps], boxes, convention)
+    truth = collisions_per_step(np.asarray(gt)[:steps], boxes, convention)
     return plan & ~truth
 
 
 def has_object_futures(scene: SceneFacts | None) -> bool:
     return bool(scene) and any(o.future for o in scene.objects if o.kind in COLLISION_KINDS)
+
+
+def collision_applies(scene: SceneFacts | None, convention: str = "uniad") -> bool:
+    """Whether a sample counts in the collision rate: every sample whose objects are tracked
+    ("uniad": the denominator is all of them), or those with some object future ("rotated")."""
+    _check_convention(convention)
+    if convention == "uniad":
+        return scene is not None and scene.objects_tracked
+    return has_object_futures(scene)
 
 
 # ---------------------------------------------------------------------------- statistics

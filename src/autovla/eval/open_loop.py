@@ -3,8 +3,10 @@
 Writes into the run directory `results.json` (every number, the config, seeds, model path,
 project version, git commit) and `samples.jsonl` (one row per sample with a `valid` flag and
 the plan, so reports and comparisons need no re-run). Metrics that need data a sample lacks
-(object futures, scoring sidecar, rater preferences) are left out of that sample's row and
-the means count only the samples that have them (their `n_*` says how many).
+(object futures, metric cache, rater preferences) are left out of that sample's row and
+the means count only the samples that have them (their `n_*` says how many). A sample whose
+plan the scorer cannot score (a broken metric cache, a NaN score) gets a `scoring_error`,
+no PDMS, and is counted in `n_scoring_errors`: never a silent 0.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from autovla.io import atomic_open, write_json
 
 RESULTS = "results.json"
 ROWS = "samples.jsonl"
-SCORE_KEYS = ("pdms", "nc", "dac", "ttc", "comfort", "ep", "red_light", "pedestrian")
+SCORE_KEYS = ("pdms", "nc", "dac", "ddc", "ttc", "comfort", "ep")
 COLLISION_STEPS = 6  # nuScenes: 3 s at 2 Hz
 
 
@@ -77,7 +79,7 @@ def _batches(items: Iterable, size: int) -> Iterable[list]:
 
 def _scorer() -> Callable | None:
     try:
-        from autovla.sim.scoring import score_sample
+        from autovla.scoring import score_sample
     except ImportError:
         return None
     return score_sample
@@ -98,8 +100,13 @@ def sample_row(
     count_tokens: Callable[[str], int] = approx_tokens,
     scorer: Callable | None = None,
     rfs: Callable | None = None,
+    require_scoring: bool = False,
+    collision_convention: str = "uniad",
 ) -> dict:
-    """Every per-sample number for one plan (the sample carries its ground truth)."""
+    """Every per-sample number for one plan (the sample carries its ground truth).
+
+    With `require_scoring` (a run on data with metric caches) a sample without one gets a
+    `scoring_error` instead of silently no PDMS."""
     traj = plan.trajectory
     row: dict = {
         "id": s.id,
@@ -125,8 +132,10 @@ def sample_row(
         row["ade"] = float(err.mean())
         row["fde"] = float(err[0, -1])
         row["ade_3s"] = float(err[0, :6].mean())
-        if M.has_object_futures(s.scene):
-            col = M.bev_collision(traj, gt, s.scene, COLLISION_STEPS)[None].astype(float)
+        if M.collision_applies(s.scene, collision_convention):
+            col = M.bev_collision(traj, gt, s.scene, COLLISION_STEPS, collision_convention)[
+                None
+            ].astype(float)
             for conv in M.CONVENTIONS:
                 for t, v in M.at_horizons(col, conv).items():
                     row[f"col_{conv}_{t:g}s"] = float(v[0])
@@ -134,24 +143,37 @@ def sample_row(
         if plan.candidates is not None and len(plan.candidates):
             cand_err = M.l2_per_step(plan.candidates, np.repeat(gt[None], len(plan.candidates), 0))
             row["bestk_ade"] = float(cand_err.mean(-1).min())
+    if scorer is not None and s.scoring is None and require_scoring:
+        row["scoring_error"] = "no metric cache (field 'scoring'): the scene was not cached"
     if scorer is not None and s.scoring is not None:
         plans = (
             traj[None] if plan.candidates is None else np.concatenate([traj[None], plan.candidates])
         )
         try:
             sc = scorer(root, s, plans)
-        except (OSError, ValueError, KeyError) as e:  # a broken sidecar: no PDMS, say why
+        except (OSError, ValueError, KeyError) as e:  # a broken cache: no PDMS, say why
             row["scoring_error"] = f"{type(e).__name__}: {e}"
         else:
-            for k in SCORE_KEYS:
-                vals = getattr(sc, k, None)
-                if vals is not None:
-                    row[k] = float(np.asarray(vals)[0])
+            if not np.isfinite(np.asarray(sc.pdms, dtype=np.float64)[0]):
+                row["scoring_error"] = "the scorer returned NaN for this plan"
+            else:
+                row.update(_score_values(sc))
             if plan.candidates is not None and len(plan.candidates):
-                row["bestk_pdms"] = float(np.max(np.asarray(sc.pdms)[1:]))
+                best = np.asarray(sc.pdms, dtype=np.float64)[1:]
+                if np.isfinite(best).any():
+                    row["bestk_pdms"] = float(np.nanmax(best))
     if rfs is not None and s.preference is not None:
         row["rfs"] = float(rfs(traj[:, :2], s.preference, s.ego.speed))
     return {**row, "valid": True, "error": None}
+
+
+def _score_values(sc) -> dict[str, float]:
+    out = {}
+    for k in SCORE_KEYS:
+        vals = getattr(sc, k, None)
+        if vals is not None:
+            out[k] = float(np.asarray(vals)[0])
+    return out
 
 
 def run_plans(
@@ -317,21 +339,35 @@ def run_open_loop(
     config: dict | None = None,
     seed: int = 0,
     count_tokens: Callable[[str], int] | None = None,
+    scene_filter: set[str] | None = None,
 ) -> dict:
     """Evaluate `plan_fn` on `split` of a dataset; returns the results dict it wrote.
 
     Reasoning tokens are counted with `count_tokens`, else the plan function's own
-    `count_tokens` (the model's tokenizer), else `approx_tokens`."""
+    `count_tokens` (the model's tokenizer), else `approx_tokens`. With `scene_filter` (scene
+    tokens, NAVSIM's navtest style) only those scenes are evaluated; tokens the split lacks
+    are counted in `scene_filter.missing`. When any sample has a metric cache, samples
+    without one count as scoring errors: PDMS is averaged over the scored scenes only."""
     count_tokens = count_tokens or getattr(plan_fn, "count_tokens", None)
     tokens_name = "plan function tokenizer" if count_tokens else "approx (words and punctuation)"
     count_tokens = count_tokens or approx_tokens
     out = prepare_run_dir(out_dir, overwrite)
     root = dataset_root(data_dir)
     samples = list(iter_samples(data_dir, split))
+    filter_info = None
+    if scene_filter is not None:
+        from autovla.data.scene_filter import in_filter, scene_token
+
+        samples = [s for s in samples if in_filter(s, scene_filter)]
+        found = {scene_token(s) for s in samples} | {s.id for s in samples}
+        missing = sorted(t for t in scene_filter if t not in found)
+        filter_info = {"tokens": len(scene_filter), "matched": len(samples),
+                       "missing": len(missing), "missing_examples": missing[:20]}  # fmt: skip
     if limit is not None:
         samples = samples[:limit]
     if not samples:
-        raise ValueError(f"no samples in split {split!r} of {data_dir}")
+        what = " matching the scene filter" if scene_filter is not None else ""
+        raise ValueError(f"no samples{what} in split {split!r} of {data_dir}")
     scorer = _scorer()
     rfs = _rfs()
     rows = run_plans(
@@ -343,6 +379,7 @@ def run_open_loop(
         count_tokens=count_tokens,
         scorer=scorer,
         rfs=rfs,
+        require_scoring=any(s.scoring is not None for s in samples),
     )
     results = {
         "kind": "open-loop",
@@ -357,6 +394,7 @@ def run_open_loop(
         "config": {"batch_size": batch_size, "limit": limit, **(config or {})},
         "token_count": tokens_name,
         "available": {"pdms": scorer is not None, "rfs": rfs is not None},
+        "scene_filter": filter_info,
         **aggregate(rows),
     }
     results = _clean(results)

@@ -69,9 +69,11 @@ def planner_plan_fn(
     num_samples: int = 1,
     seed: int = 0,
     action_choice: str = "argmax",
+    decoding: str = "auto",
 ) -> ModelPlanFn:
     """Load a model directory (GPU in bf16 when there is one) and wrap its planner;
-    `action_choice` picks greedy action tokens (see `autovla.model.planner`)."""
+    `action_choice` picks greedy action tokens, `decoding` the decoding path (see
+    `autovla.model.planner`)."""
     import torch
 
     from autovla.model.checkpoint import AutoVLA
@@ -80,5 +82,5 @@ def planner_plan_fn(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     vla = AutoVLA.from_pretrained(model_dir, device=device, dtype=dtype)
-    planner = Planner(vla, action_choice=action_choice)
+    planner = Planner(vla, action_choice=action_choice, decoding=decoding)
     return ModelPlanFn(planner, mode=mode, num_samples=num_samples, seed=seed)

@@ -114,8 +114,9 @@ def bev_plot(plan: np.ndarray, sample: DrivingSample | None) -> str:
         for o in sample.scene.objects:
             c = box_corners(np.asarray(o.box[:3]), o.box[3], o.box[4])
             ax.fill(c[:, 1], c[:, 0], color="#999", alpha=0.6)
-            if o.future:
-                f = np.asarray(o.future)
+            known = [p for p in o.future or [] if p is not None]  # null: not annotated then
+            if known:
+                f = np.asarray(known)
                 ax.plot(f[:, 1], f[:, 0], "--", color="#999", lw=1)
     if sample is not None and sample.future is not None:
         g = sample.future_array()

@@ -1,13 +1,15 @@
-"""Waymo E2E Rater Feedback Score (RFS), METHOD section 9.
+"""Waymo E2E Rater Feedback Score (RFS), docs/method.md section 9.
 
 Each frame has up to 3 rated trajectories (score 0-10, positions at 4 Hz over 5 s). The
 prediction is compared with each at 3 s and 5 s: its error is split into a longitudinal and a
 lateral part along the rated trajectory's direction of travel there, and normalised by a
 trust region (lateral half-width 1.0 m at 3 s, 1.8 m at 5 s; longitudinal 4x that), scaled by
 the current speed. With d = max(|lon| / thr_lon, |lat| / thr_lat), a rated trajectory gives
-rating * 0.1 ** max(d - 1, 0). Per timestep the best rated trajectory counts; when the
-prediction lies in no trust region (d > 1 for all) that timestep's score is floored at 4.
-The frame's score is the mean over the two timesteps.
+rating * 0.1 ** max(d - 1, 0). Per timestep the best rated trajectory counts, and the frame's
+score is the mean over the two timesteps. Then, once per inference as in the official
+definition: unless some rated trajectory's trust region holds the prediction at both 3 s and
+5 s (d <= 1 at both), the averaged score is floored at 4: max(4, mean). (Flooring each
+timestep before averaging gives a different, higher score when only one timestep is outside.)
 
 >>> import numpy as np
 >>> from autovla.data.schema import Preference
@@ -83,10 +85,9 @@ def rater_feedback_score(pred_xy: np.ndarray, preference: Preference, v0: float)
     )  # (rated, times)
     ratings = np.asarray(preference.scores, np.float64)[:, None]
     per_traj = ratings * DECAY ** np.maximum(d - 1.0, 0.0)
-    per_time = per_traj.max(axis=0)
-    outside = np.all(d > 1.0, axis=0)
-    per_time = np.where(outside, np.maximum(per_time, FLOOR), per_time)
-    return float(per_time.mean())
+    score = float(per_traj.max(axis=0).mean())
+    fully_inside = bool(np.any(np.all(d <= 1.0, axis=1)))  # one rated trajectory, both times
+    return score if fully_inside else max(FLOOR, score)
 
 
 def rfs_summary(scores: Iterable[tuple[float, str | None]]) -> dict[str, float | int | dict]:

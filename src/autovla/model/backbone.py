@@ -245,6 +245,8 @@ def build_random(
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from autovla.model.patch_projection import use_patch_projection
+
     tok = train_tokenizer(preset.bpe_vocab, fmt, seed=seed)
     processor = build_processor(tok, preset.pixels)
     config = model_config(preset, tok)
@@ -257,6 +259,7 @@ def build_random(
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(old_dtype)
+    use_patch_projection(model)
     model.eval()
     return model, processor
 
@@ -281,12 +284,15 @@ def load_pretrained(
     """(model, processor) from a hub id or a local directory (e.g. Qwen2.5-VL-3B-Instruct)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from autovla.model.patch_projection import use_patch_projection
+
     kwargs: dict[str, Any] = {}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device is not None:
         kwargs["device_map"] = device
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(source), **kwargs)
+    use_patch_projection(model)
     processor = AutoProcessor.from_pretrained(str(source))
     if pixels is not None:
         set_pixels(processor, pixels)

@@ -19,23 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from autovla.data.schema import FUTURE_STEPS, STEP_SECONDS
-from autovla.io import read_json, write_json
+from autovla.io import write_json
 from autovla.model.backbone import (
     QWEN_3B_ID,
+    Preset,
     build_random,
     get_preset,
     load_pretrained,
     resolve_pretrained,
 )
+from autovla.model.directory import (
+    CODEBOOK_FILE,
+    INFO_FILE,
+    CheckpointError,
+    check_loaded,
+    check_model_dir,
+)
 from autovla.model.prompts import PromptFormat, load_format
 
-INFO_FILE = "autovla.json"
-CODEBOOK_FILE = "codebook.safetensors"
 DIR_FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be used (names the directory and the problem)."""
 
 
 def _sha256(path: Path) -> str:
@@ -116,9 +118,8 @@ class AutoVLA:
 
         d = Path(directory)
         info_path = d / INFO_FILE
-        if not info_path.exists():
-            raise CheckpointError(f"{d}: not an AutoVLA model directory (no {INFO_FILE})")
-        info = read_json(info_path)
+        # every file checked before transformers reads one (it fills gaps with a full-size model)
+        info = check_model_dir(d, need_format=fmt is None)
         if info.get("format_version", 0) > DIR_FORMAT_VERSION:
             raise CheckpointError(
                 f"{info_path}: format_version {info.get('format_version')} is newer than "
@@ -133,12 +134,30 @@ class AutoVLA:
                 "(sha256 mismatch); its action tokens would mean other motions"
             )
         codebook = Codebook.load(cb_path)
-        model, processor = load_pretrained(d, dtype=dtype, device=None)
-        model.to(device)
         fmt_obj = load_format(fmt if fmt is not None else d)
+        try:  # the files passed check_model_dir; what transformers still refuses is named here
+            model, processor = load_pretrained(d, dtype=dtype, device=None)
+            check_chat_template(processor)
+        except Exception as e:
+            raise CheckpointError(
+                f"{d}: transformers cannot load it: {type(e).__name__}: {e}"
+            ) from e
+        check_loaded(model, processor, d)
+        model.to(device)
         vla = cls(model, processor, codebook, fmt_obj, int(info["action_token_start"]), info)
         check_action_tokens(vla, where=str(d))
         return vla
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """An AutoVLA model directory (as opposed to, e.g., a pretrained Qwen2.5-VL one)."""
+    return (Path(path) / INFO_FILE).is_file()
+
+
+def check_chat_template(processor: Any) -> None:
+    """The chat template renders a minimal conversation (a broken one would fail at plan time)."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def check_action_tokens(vla: AutoVLA, where: str = "model") -> None:
@@ -259,7 +278,7 @@ def add_tokens_to_model(vla_model: Any, tokenizer: Any, fmt: PromptFormat, num_a
 
 
 def build_model(
-    preset: str,
+    preset: str | Preset,
     codebook: Any,
     seed: int = 0,
     fmt: str | os.PathLike | PromptFormat | None = None,
@@ -271,7 +290,8 @@ def build_model(
     action_init: str = "mean",
     number_init: bool = False,
 ) -> AutoVLA:
-    """A fresh AutoVLA: a preset backbone plus the codebook's action tokens.
+    """A fresh AutoVLA: a preset backbone (a name, or a `Preset`, e.g. a preset with fewer
+    layers) plus the codebook's action tokens.
 
     For `qwen2.5-vl-3b` the pretrained weights are loaded from `source` (default: the hub id,
     from the local cache only) when available; otherwise the architecture is built from its
@@ -283,7 +303,7 @@ def build_model(
     """
     import torch
 
-    p = get_preset(preset)
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     fmt_obj = load_format(fmt)
     info: dict[str, Any] = {"preset": p.name, "pixels": p.pixels, "seed": seed}
     resolved = None
@@ -311,8 +331,8 @@ def build_model(
             raise ValueError("number_init is for random-weight builds (pretrained rows are kept)")
         number_init_rows(model, processor.tokenizer, seed=seed)
     info["number_init"] = number_init
-    if dtype is not None:
-        model.to(dtype)
+    # Created (or loaded) in `dtype` already; `model.to(dtype)` would also round the rotary
+    # embeddings' float32 inverse frequencies, which a reloaded model keeps in float32.
     model.to(device)
     model.eval()
     vla = AutoVLA(model, processor, codebook, fmt_obj, start, info)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from autovla.data.schema import INSTRUCTIONS, OBJECT_CLASSES
-from autovla.model.prompts import PromptFormat
+from autovla.model.prompts import PromptFormat, render_user_state
 
 _SCENES = (
     "a straight urban road",
@@ -112,7 +112,8 @@ def tokenizer_corpus(fmt: PromptFormat, seed: int = 0, n: int = 3000) -> Iterato
     for i in range(n):
         parts = [fixed[i % len(fixed)]]
         parts.append(
-            fmt.user_state.format(
+            render_user_state(
+                fmt.user_state,
                 speed=float(rng.uniform(0, 30)),
                 accel=float(rng.uniform(0, 4)),
                 instruction=str(rng.choice(INSTRUCTIONS)),

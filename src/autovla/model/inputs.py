@@ -7,10 +7,11 @@ Used by SFT (with answers: labels masked to the assistant answer), RFT and the p
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -22,20 +23,49 @@ END_OF_TURN = "<|im_end|>"  # Qwen chat turn terminator; trained as the answer's
 VIDEO_FPS = 2.0  # camera frames are 0.5 s apart
 
 
-def load_videos(sample: DrivingSample, root: str | os.PathLike) -> list[list[Image.Image]]:
-    """One video (list of RGB frames, oldest first) per camera, in the standard camera order."""
-    root = Path(root)
+class MemoryImages:
+    """Frames already decoded in memory, keyed by the names the sample's `cameras` lists.
+
+    Pass one where a dataset root is expected (`encode_batch`, `Planner.plan`): the planning
+    service decodes request images once, checks their limits, and plans from memory without
+    writing them to disk.
+    """
+
+    def __init__(self, images: Mapping[str, Image.Image]):
+        self.images = dict(images)
+
+    def open_image(self, rel: str) -> Image.Image:
+        if rel not in self.images:
+            raise FileNotFoundError(f"no in-memory image named {rel!r}")
+        return self.images[rel]
+
+    def __repr__(self) -> str:
+        return f"MemoryImages({len(self.images)} images)"
+
+
+Root = str | os.PathLike | MemoryImages
+
+
+def load_videos(sample: DrivingSample, root: Root) -> list[torch.Tensor]:
+    """One video per camera, in the standard camera order: uint8 [frames, 3, H, W], oldest
+    frame first. (The processor gives the same pixels for these as for PIL frames, and
+    resizes full-size camera frames about 3x faster from tensors.)"""
+    memory = root if isinstance(root, MemoryImages) else None
+    root = Path(root) if memory is None else root
     videos = []
     for cam in ordered_cameras(sample):
         frames = []
         for rel in sample.cameras[cam]:
-            path = root / rel
+            where = rel if memory is not None else root / rel
             try:
-                with Image.open(path) as im:
-                    frames.append(im.convert("RGB"))
+                if memory is not None:
+                    frames.append(memory.open_image(rel).convert("RGB"))
+                else:
+                    with Image.open(where) as im:
+                        frames.append(im.convert("RGB"))
             except (OSError, ValueError) as e:
                 raise FileNotFoundError(
-                    f"sample {sample.id!r}, field 'cameras.{cam}': cannot read image {path}: {e}"
+                    f"sample {sample.id!r}, field 'cameras.{cam}': cannot read image {where}: {e}"
                 ) from e
         sizes = {f.size for f in frames}
         if len(sizes) != 1:
@@ -43,7 +73,8 @@ def load_videos(sample: DrivingSample, root: str | os.PathLike) -> list[list[Ima
                 f"sample {sample.id!r}, field 'cameras.{cam}': "
                 f"frames differ in size {sorted(sizes)}"
             )
-        videos.append(frames)
+        video = np.stack([np.asarray(f) for f in frames])  # [T, H, W, 3]
+        videos.append(torch.from_numpy(video).permute(0, 3, 1, 2))
     return videos
 
 
@@ -78,10 +109,12 @@ def _video_metadata(num_frames: int) -> dict[str, Any]:
     }
 
 
-def _roots(roots: str | os.PathLike | Sequence[str | os.PathLike], n: int) -> list[Path]:
+def _roots(roots: Root | Sequence[Root], n: int) -> list[Path | MemoryImages]:
+    if isinstance(roots, MemoryImages):
+        return [roots] * n
     if isinstance(roots, (str, os.PathLike)):
         return [Path(roots)] * n
-    roots = [Path(r) for r in roots]
+    roots = [r if isinstance(r, MemoryImages) else Path(r) for r in roots]
     if len(roots) != n:
         raise ValueError(f"got {len(roots)} dataset roots for {n} samples")
     return roots
@@ -90,7 +123,7 @@ def _roots(roots: str | os.PathLike | Sequence[str | os.PathLike], n: int) -> li
 def encode_batch(
     processor: Any,
     samples: Sequence[DrivingSample],
-    roots: str | os.PathLike | Sequence[str | os.PathLike],
+    roots: Root | Sequence[Root],
     fmt: PromptFormat,
     answers: Sequence[str] | None = None,
     system: SystemKind = "dual",
@@ -105,6 +138,7 @@ def encode_batch(
     of turn token) and `action_mask` (True at `<action_i>` tokens of the answer).
     `prefixes` appends text after the assistant header instead of an answer (e.g. a forced
     mode line). Use padding_side="left" for generation and `logprobs.completion_logprobs`.
+    A root is a dataset directory or a `MemoryImages` (frames decoded in memory).
     """
     if answers is not None and len(answers) != len(samples):
         raise ValueError(f"got {len(answers)} answers for {len(samples)} samples")

@@ -15,30 +15,49 @@ them, which is what a squared-error metric rewards. Sampling (temperature > 0) i
 
 Text that is fixed once the mode is known (the rest of the mode line, the think close and the
 answer opening) is fed in one forward pass. A forced mode pre-fills the mode line in the
-prompt. Rows of a batch advance together; when they feed different numbers of tokens, the
-shorter ones are padded at the end and masked, with explicit mrope positions per row.
+prompt. Rows of a batch advance together: at every step each row that is still writing
+chooses one token.
+
+Two decoding paths give the same tokens (greedy, and sampling with the same seed):
+
+* "reference": a growing dynamic key/value cache and one forward per step for all rows;
+  rows feeding different numbers of tokens are padded at the end and masked.
+* "fast" (`autovla.model.decoding`): a cache preallocated for the prompt and the longest
+  answer, one column range per row, a per-token step of fixed shapes (compilable with
+  `torch.compile`); the phase masks are built on the device once per phase change, finished
+  rows leave the active set, forced text is fed only where a phase changes (mode chosen,
+  reasoning closed), and while every row is writing action tokens the host does not wait for
+  the device at all (the tokens are read once the ten actions are done). While a row reasons
+  the host reads each step's tokens after queuing the next forward, so the device does not wait
+  for it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from autovla.data.schema import FUTURE_STEPS, DrivingSample
 from autovla.model.checkpoint import AutoVLA
+from autovla.model.decoding import SUPPORTED_ATTENTION, StaticDecoder, cache_kwarg, prompt_embeds
 from autovla.model.inputs import encode_batch, end_of_turn
 from autovla.model.logprobs import unwrap
 from autovla.model.prompts import Mode, SystemKind, parse_answer
 from autovla.model.sampling import choose_tokens, make_generator, nucleus
 
+log = logging.getLogger(__name__)
+
 PlanMode = Literal["auto", "fast", "slow"]
 ActionChoice = Literal["argmax", "expected"]
+Decoding = Literal["auto", "fast", "reference"]
+DECODINGS: tuple[str, ...] = ("auto", "fast", "reference")
 
 
 @dataclass
@@ -58,6 +77,8 @@ class PlanResult:
     # log p(token) under the model (unmasked, temperature 1) at sampled tokens, 0.0 at forced
     # ones; only with plan(..., return_logprobs=True).
     logprobs: list[float] | None = field(default=None, repr=False)
+    # The reasoning reached the planner's max_reasoning_tokens and was closed by the planner.
+    reasoning_capped: bool = False
 
 
 @dataclass
@@ -71,12 +92,65 @@ class _Row:
     actions: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     last_logprob: float = 0.0
+    capped: bool = False
 
     def feed(self, ids: Sequence[int], sampled_first: bool) -> None:
         self.pending = list(ids)
         self.completion += self.pending
         self.sampled += [sampled_first] + [False] * (len(self.pending) - 1)
         self.logprobs += [self.last_logprob] + [0.0] * (len(self.pending) - 1)
+
+
+@dataclass
+class _Choice:
+    """How tokens are chosen in one `plan` call."""
+
+    allowed: dict[str, torch.Tensor]  # phase -> [V] bool, on the device
+    temperature: float
+    top_p: float
+    gen: torch.Generator
+    record: bool  # keep log-probabilities
+
+
+class _Readback:
+    """Chosen tokens (and log-probs) on their way to the host: on a GPU the copy is queued
+    now and waited for in `get`, after the next forward has been queued behind it."""
+
+    def __init__(self, chosen: torch.Tensor, logprob: torch.Tensor | None):
+        self.event = None
+        if chosen.device.type == "cuda":
+            chosen = chosen.to("cpu", non_blocking=True)
+            logprob = None if logprob is None else logprob.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.chosen, self.logprob = chosen, logprob
+
+    def get(self) -> tuple[list[int], list[float] | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.chosen.tolist(), None if self.logprob is None else self.logprob.tolist()
+
+
+class _PhaseTensors:
+    """Per combination of row phases, built once on the device: the [R, V] allowed ids of
+    every row and the indices of the rows writing action tokens."""
+
+    def __init__(self, allowed: dict[str, torch.Tensor]):
+        self.allowed = allowed
+        self._cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, phases: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        if phases not in self._cache:
+            allowed = self.allowed
+            mask = torch.stack([allowed.get(p, allowed["actions"]) for p in phases])  # done: any
+            act = [i for i, p in enumerate(phases) if p == "actions"]
+            self._cache[phases] = mask, torch.tensor(act, dtype=torch.long, device=mask.device)
+        return self._cache[phases]
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)  # transformers >= 5.2x; older: past_key_values
+    return cache if cache is not None else out.past_key_values
 
 
 def _ids(tok, text: str) -> list[int]:
@@ -98,16 +172,36 @@ class Planner:
         max_reasoning_tokens: int | None = None,
         action_choice: ActionChoice = "argmax",
         action_top_p: float = 0.9,
+        decoding: Decoding = "auto",
+        compile: bool = False,
     ):
+        """`decoding`: "fast" (static cache), "reference" (dynamic cache) or "auto" (fast where
+        the model supports it: sdpa or eager attention). `compile` compiles the fast path's
+        per-token step with torch.compile (mode "reduce-overhead": CUDA graphs on a GPU); the
+        first plans then pay the compilation."""
         if action_choice not in ("argmax", "expected"):
             raise ValueError(f"action_choice must be argmax or expected, got {action_choice!r}")
         if not 0.0 < action_top_p <= 1.0:
             raise ValueError(f"action_top_p must be in (0, 1], got {action_top_p}")
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
         self.vla = vla
         self.action_choice: ActionChoice = action_choice
         self.action_top_p = action_top_p
         self._ends: torch.Tensor | None = None  # token end contours on the decoding device
-        self._record = False
+        attention = getattr(
+            unwrap(vla.model).config.get_text_config(), "_attn_implementation", None
+        )
+        fast_ok = (attention or "eager") in SUPPORTED_ATTENTION
+        if decoding == "fast" and not fast_ok:
+            raise ValueError(
+                f"decoding='fast' needs sdpa or eager attention, the model uses {attention!r}"
+            )
+        self.decoding: Literal["fast", "reference"] = (
+            "fast" if decoding == "fast" or (decoding == "auto" and fast_ok) else "reference"
+        )
+        self.compile = compile
+        self._decoder: StaticDecoder | None = None  # kept between calls when compiled
         self.system: SystemKind = system or vla.info.get("system", "dual")
         fmt, tok = vla.fmt, vla.tokenizer
         self.max_reasoning_tokens = max_reasoning_tokens or fmt.max_reasoning_tokens
@@ -140,6 +234,18 @@ class Planner:
         self.reason_allowed[banned] = False
         if self.close_token is not None:
             self.reason_allowed[self.close_token] = True
+        # Cache columns an answer can need after the prompt (which holds the forced prefix):
+        # the rest of the mode line, a capped chain of thought and the close text in its
+        # longest form, the actions, and the pad columns of one forced chunk.
+        chunk = 2 + max(len(self.close_ids), len(_ids(tok, "\n" + self.close_text)))
+        slow = self.max_reasoning_tokens + chunk
+        self._answer_room = {
+            "fast": FUTURE_STEPS + chunk,
+            "slow": slow + FUTURE_STEPS + chunk,
+            "auto": max(len(self.fast_ids) + len(self.close_ids), len(self.slow_ids) + slow)
+            + FUTURE_STEPS
+            + chunk,
+        }
 
     # --- public --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -183,6 +289,7 @@ class Planner:
         video = model.model.get_video_features(
             batch["pixel_values_videos"].to(model.dtype), batch["video_grid_thw"], return_dict=True
         )
+        embeds = prompt_embeds(model, batch["input_ids"], video)
         _sync(device)
         t_vision = time.perf_counter()
 
@@ -193,25 +300,6 @@ class Planner:
             second_per_grid_ts=batch.get("second_per_grid_ts"),
             attention_mask=batch["attention_mask"],
         )
-        out = model.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=positions,
-            use_cache=True,
-            mm_encoder_outputs={"video": video},
-        )
-        cache = out.past_key_values
-        logits = model.lm_head(out.last_hidden_state[:, -1])
-        next_pos = positions[0, :, -1] + 1
-        attention = batch["attention_mask"]
-        if num_samples > 1:
-            cache.batch_repeat_interleave(num_samples)
-            logits = logits.repeat_interleave(num_samples, 0)
-            next_pos = next_pos.repeat_interleave(num_samples, 0)
-            attention = attention.repeat_interleave(num_samples, 0)
-        _sync(device)
-        t_prefill = time.perf_counter()
-
         start_phase = {"auto": "choose", "fast": "actions", "slow": "reason"}[mode]
         rows = [
             _Row(
@@ -223,14 +311,19 @@ class Planner:
             )
             for _ in range(len(samples) * num_samples)
         ]
-        self._record = return_logprobs
-        gen = make_generator(seed, device)
-        allowed = self._allowed_masks(device)
-        while True:
-            self._decide(rows, logits, allowed, temperature, top_p, gen)
-            if not any(r.pending for r in rows):
-                break
-            logits, next_pos, attention = self._step(rows, cache, next_pos, attention)
+        choice = _Choice(
+            self._allowed_masks(device), temperature, top_p, make_generator(seed, device),
+            return_logprobs,
+        )  # fmt: skip
+        if self.decoding == "fast":
+            room = self._answer_room[mode]
+            t_prefill = self._decode_fast(
+                model, batch, embeds, positions, num_samples, rows, choice, room
+            )
+        else:
+            t_prefill = self._decode_reference(
+                model, batch, embeds, positions, num_samples, rows, choice
+            )
         _sync(device)
         t_end = time.perf_counter()
         timings = {
@@ -240,9 +333,9 @@ class Planner:
             "decode": t_end - t_prefill,
             "total": t_end - t0,
         }
-        return self._results(samples, num_samples, rows, timings)
+        return self._results(samples, num_samples, rows, timings, return_logprobs)
 
-    # --- decoding ------------------------------------------------------------------------
+    # --- token choice (both paths) -----------------------------------------------------------
     def _allowed_masks(self, device: torch.device) -> dict[str, torch.Tensor]:
         choose = torch.zeros_like(self.action_allowed)
         choose[[self.fast_ids[self.common], self.slow_ids[self.common]]] = True
@@ -252,20 +345,25 @@ class Planner:
             "actions": self.action_allowed.to(device),
         }
 
-    def _decide(self, rows, logits, allowed, temperature, top_p, gen) -> None:
-        """Choose each active row's next token and queue what it feeds next."""
-        phase_mask = torch.stack(
-            [allowed.get(r.phase, allowed["actions"]) for r in rows]  # done rows: any valid row
-        )
-        chosen_t = choose_tokens(logits, phase_mask, temperature, top_p, gen)
-        if temperature <= 0 and self.action_choice == "expected":
-            act = [i for i, r in enumerate(rows) if r.phase == "actions"]
-            if act:
-                chosen_t[act] = self._expected_actions(logits[act])
-        chosen = chosen_t.tolist()
-        if self._record:
-            lp = torch.log_softmax(logits.float(), -1).gather(-1, chosen_t[:, None])[:, 0]
-            for row, v in zip(rows, lp.tolist(), strict=True):
+    def _choose(
+        self, logits: torch.Tensor, phase_mask: torch.Tensor, act: Any, choice: _Choice
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every row's next token (and its log-probability when recorded), on the device.
+
+        `phase_mask` [R, V]: the allowed ids of each row's phase; `act`: the rows writing
+        action tokens (a list or an index tensor; empty: none)."""
+        chosen = choose_tokens(logits, phase_mask, choice.temperature, choice.top_p, choice.gen)
+        if choice.temperature <= 0 and self.action_choice == "expected" and len(act):
+            chosen[act] = self._expected_actions(logits[act])
+        logprob = None
+        if choice.record:
+            logprob = torch.log_softmax(logits.float(), -1).gather(-1, chosen[:, None])[:, 0]
+        return chosen, logprob
+
+    def _advance(self, rows: list[_Row], chosen: list[int], logprobs: list[float] | None) -> None:
+        """Apply the chosen tokens to the rows' phases and queue what each row feeds next."""
+        if logprobs is not None:
+            for row, v in zip(rows, logprobs, strict=True):
                 row.last_logprob = v
         for row, tok_id in zip(rows, chosen, strict=True):
             row.pending = []
@@ -326,9 +424,41 @@ class Planner:
             text = tok.decode(row.reasoning_ids, skip_special_tokens=False)
             close = ("" if text.endswith("\n") else "\n") + self.close_text
             row.phase = "actions"
+            row.capped = True
             row.feed([tok_id, *_ids(tok, close)], True)
             return
         row.feed([tok_id], True)
+
+    # --- reference path: dynamic cache -------------------------------------------------------
+    def _decode_reference(self, model, batch, embeds, positions, num_samples, rows, choice):
+        out = model.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            position_ids=positions,
+            use_cache=True,
+        )
+        cache = _output_cache(out)
+        logits = model.lm_head(out.last_hidden_state[:, -1])
+        next_pos = positions[0, :, -1] + 1
+        attention = batch["attention_mask"]
+        if num_samples > 1:
+            cache.batch_repeat_interleave(num_samples)
+            logits = logits.repeat_interleave(num_samples, 0)
+            next_pos = next_pos.repeat_interleave(num_samples, 0)
+            attention = attention.repeat_interleave(num_samples, 0)
+        _sync(attention.device)
+        t_prefill = time.perf_counter()
+        while True:
+            phase_mask = torch.stack(  # done rows: any valid mask
+                [choice.allowed.get(r.phase, choice.allowed["actions"]) for r in rows]
+            )
+            act = [i for i, r in enumerate(rows) if r.phase == "actions"]
+            chosen, logprob = self._choose(logits, phase_mask, act, choice)
+            self._advance(rows, chosen.tolist(), None if logprob is None else logprob.tolist())
+            if not any(r.pending for r in rows):
+                break
+            logits, next_pos, attention = self._step(rows, cache, next_pos, attention)
+        return t_prefill
 
     def _step(self, rows, cache, next_pos, attention):
         """Feed every row's pending tokens in one forward pass (ragged rows padded, masked)."""
@@ -346,19 +476,89 @@ class Planner:
         pos = next_pos[:, None] + torch.arange(width, device=device)[None, :]
         position_ids = pos[None].expand(3, -1, -1)
         attention = torch.cat([attention, new_mask.to(attention.dtype)], dim=1)
-        out = model.model(
+        out = model.model.language_model(
             input_ids=ids,
             attention_mask=attention,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg(model.model.language_model): cache},
         )
         last = (lens_d - 1).clamp(min=0)
         hidden = out.last_hidden_state[torch.arange(len(rows), device=device), last]
         return model.lm_head(hidden), next_pos + lens_d, attention
 
+    # --- fast path: static cache -------------------------------------------------------------
+    def _decode_fast(self, model, batch, embeds, positions, num_samples, rows, choice, room):
+        device = embeds.device
+        dec = self._static_decoder(model, len(rows), batch["input_ids"].shape[1], room)
+        logits = dec.prefill(embeds, positions, batch["attention_mask"])
+        logits = logits.repeat_interleave(num_samples, 0)
+        dec.repeat_rows(num_samples)
+        _sync(device)
+        t_prefill = time.perf_counter()
+        tensors = _PhaseTensors(choice.allowed)
+        slot_rows = torch.arange(len(rows), device=device)  # batch row of each active slot
+        while True:
+            phases = tuple(r.phase for r in rows)
+            if all(p in ("actions", "done") for p in phases):
+                self._finish_actions(dec, rows, logits, slot_rows, choice, tensors)
+                break
+            chosen, logprob = self._choose(logits, *tensors(phases), choice)
+            host = _Readback(chosen, logprob)
+            step_logits = dec.step(chosen.index_select(0, slot_rows))
+            self._advance(rows, *host.get())
+            logits.index_copy_(0, slot_rows, step_logits)
+            # The step fed every row's first pending token; forced text follows in one chunk.
+            chunks = [rows[r].pending[1:] for r in dec.rows]
+            if any(chunks):
+                chunk_logits = dec.feed(chunks)
+                fed = [s for s, c in enumerate(chunks) if c]
+                idx = torch.tensor(fed, device=device)
+                logits.index_copy_(0, slot_rows[idx], chunk_logits[idx])
+            if not any(r.pending for r in rows):
+                break
+            keep = [s for s, r in enumerate(dec.rows) if rows[r].phase != "done"]
+            if len(keep) < dec.n:
+                dec.keep(keep)
+                slot_rows = torch.tensor(dec.rows, device=device)
+        return t_prefill
+
+    def _finish_actions(self, dec, rows, logits, slot_rows, choice, tensors) -> None:
+        """Every row writes (or has written) its action tokens: decode them without reading
+        anything back until the last row has its ten, then apply them to the rows in order."""
+        device = logits.device
+        left = [FUTURE_STEPS - len(r.actions) if r.phase == "actions" else 0 for r in rows]
+        steps: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        while True:
+            phases = tuple("actions" if n else "done" for n in left)
+            chosen, logprob = self._choose(logits, *tensors(phases), choice)
+            steps.append((chosen, logprob))
+            left = [max(n - 1, 0) for n in left]
+            if not any(left):
+                break
+            keep = [s for s, r in enumerate(dec.rows) if left[r]]
+            if len(keep) < dec.n:
+                dec.keep(keep)
+                slot_rows = torch.tensor(dec.rows, device=device)
+            logits.index_copy_(0, slot_rows, dec.step(chosen.index_select(0, slot_rows)))
+        for chosen, logprob in steps:
+            self._advance(rows, *_Readback(chosen, logprob).get())
+
+    def _static_decoder(self, model, slots: int, prompt: int, room: int) -> StaticDecoder:
+        if not self.compile:
+            return StaticDecoder(model, slots, -(-(prompt + room) // 64) * 64)
+        # Compiled: one decoder kept between calls, sized for any mode and rounded up, so that
+        # the compiled step (and its CUDA graphs) see few distinct shapes and addresses.
+        length = -(-(prompt + max(self._answer_room.values())) // 256) * 256
+        dec = self._decoder
+        if dec is None or dec.model is not model or dec.slots < slots or dec.length < length:
+            dec = StaticDecoder(model, slots, length, compile_mode="reduce-overhead")
+            self._decoder = dec
+        dec.reset(slots)
+        return dec
+
     # --- results ---------------------------------------------------------------------------
-    def _results(self, samples, num_samples, rows, timings) -> list[PlanResult]:
+    def _results(self, samples, num_samples, rows, timings, logprobs) -> list[PlanResult]:
         vla, tok = self.vla, self.vla.tokenizer
         codes = torch.tensor([vla.action_ids_to_tokens(r.actions) for r in rows])
         trajs = vla.codebook.decode(codes).detach().cpu().numpy().astype(np.float64)
@@ -379,9 +579,16 @@ class Planner:
                     timings=dict(timings),
                     completion_ids=list(row.completion),
                     sampled_mask=list(row.sampled),
-                    logprobs=list(row.logprobs) if self._record else None,
+                    logprobs=list(row.logprobs) if logprobs else None,
+                    reasoning_capped=row.capped,
                 )
             )
+        capped = sum(r.capped for r in rows)
+        if capped:
+            log.info(
+                "%d of %d plans reached the %d-token reasoning cap (closed by the planner)",
+                capped, len(rows), self.max_reasoning_tokens,
+            )  # fmt: skip
         return results
 
 

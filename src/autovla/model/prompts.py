@@ -12,14 +12,16 @@ Answer structure (METHOD section 2):
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
-from autovla.config import StrictModel
+from autovla.config import ConfigError, StrictModel, parse_yaml, short_repr, validation_message
 from autovla.data.schema import STANDARD_CAMERAS, DrivingSample
 
 Mode = Literal["fast", "slow"]
@@ -30,6 +32,82 @@ DEFAULT_FORMAT = "autovla-v1"
 FORMAT_FILE = "prompt_format.yaml"  # name inside a model directory
 
 _ACTION_RE = re.compile(r"<action_(\d+)>")
+MAX_FORMAT_BYTES = 2**20  # a format file is a few kilobytes
+
+
+class PromptFormatError(ValueError):
+    """A prompt format (file) that cannot be used; the message names the file and field."""
+
+
+# --- the user-state template -----------------------------------------------------------------
+# `user_state` is text with placeholders filled from each sample. It is data (a format file may
+# come from elsewhere), so it is not handed to str.format, which follows attributes and indexes
+# (`{instruction.__class__}`) and honours any width (`{speed:>100000000}`): only the names
+# below, with a plain format spec of bounded width and precision, are allowed.
+USER_STATE_FIELDS: dict[str, type] = {"speed": float, "accel": float, "instruction": str}
+MAX_WIDTH = 40
+MAX_PRECISION = 12
+_SPEC = re.compile(
+    r"(?:[^{}]?[<>^=])?[-+ ]?0?(?P<width>\d+)?[,_]?"  # [[fill]align][sign][0][width][,]
+    r"(?:\.(?P<precision>\d+))?(?P<type>[eEfFgG%s]?)"  # [.precision][type]
+)
+_TYPES = {float: "eEfFgG%", str: "s"}
+
+
+@functools.lru_cache(maxsize=64)
+def parse_user_state(template: str) -> tuple[tuple[str, str | None, str], ...]:
+    """(literal text, field name or None, format spec) pieces of a user-state template, or
+    PromptFormatError naming the placeholder that is not allowed."""
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as e:  # a lone "{" or "}"
+        raise PromptFormatError(f"{e} (write {{{{ and }}}} for literal braces)") from None
+    out = []
+    for literal, name, spec, conversion in pieces:
+        if name is None:
+            out.append((literal, None, ""))
+            continue
+        where = f"user_state placeholder {short_repr('{' + name + '}')}"
+        if name not in USER_STATE_FIELDS:
+            allowed = ", ".join(f"{{{k}}}" for k in USER_STATE_FIELDS)
+            raise PromptFormatError(f"{where}: only {allowed} are allowed")
+        if conversion is not None:
+            raise PromptFormatError(f"{where}: conversions (!r, !s, !a) are not allowed")
+        m = _SPEC.fullmatch(spec or "")
+        if m is None:
+            raise PromptFormatError(
+                f"{where}: format spec {short_repr(spec)} is not [align][width][.precision][type]"
+            )
+        width, precision = m["width"] or "0", m["precision"] or "0"
+        # compared as text first: int() of thousands of digits is itself refused by Python
+        if (
+            len(width) > 3
+            or int(width) > MAX_WIDTH
+            or len(precision) > 3
+            or int(precision) > MAX_PRECISION
+        ):
+            raise PromptFormatError(
+                f"{where}: width at most {MAX_WIDTH}, precision at most {MAX_PRECISION}"
+            )
+        kind = USER_STATE_FIELDS[name]
+        if m["type"] and m["type"] not in _TYPES[kind]:
+            what = "text" if kind is str else "a number"
+            raise PromptFormatError(f"{where}: type {m['type']!r} cannot format {what}")
+        try:
+            format(kind(), spec or "")  # e.g. a sign or "," is not allowed for text
+        except ValueError as e:
+            raise PromptFormatError(f"{where}: {e}") from None
+        out.append((literal, name, spec or ""))
+    return tuple(out)
+
+
+def render_user_state(template: str, speed: float, accel: float, instruction: str) -> str:
+    """Fill a user-state template (checked by `parse_user_state`) with one sample's values."""
+    values = {"speed": float(speed), "accel": float(accel), "instruction": str(instruction)}
+    return "".join(
+        literal + ("" if name is None else format(values[name], spec))
+        for literal, name, spec in parse_user_state(template)
+    )
 
 
 class PromptFormat(StrictModel):
@@ -42,7 +120,7 @@ class PromptFormat(StrictModel):
     user_intro: str
     camera_labels: dict[str, str]
     camera_separator: str = "\n"
-    user_state: str = Field(description="format string with {speed}, {accel}, {instruction}")
+    user_state: str = Field(description="template with {speed}, {accel}, {instruction}")
     think_open: str
     fast_line: str
     slow_line: str
@@ -50,7 +128,13 @@ class PromptFormat(StrictModel):
     action_open: str
     action_close: str
     structure_tokens: list[str] = Field(default_factory=list)
-    max_reasoning_tokens: int = Field(default=256, ge=1)
+    max_reasoning_tokens: int = Field(default=512, ge=1)
+
+    @field_validator("user_state")
+    @classmethod
+    def _safe_template(cls, v: str) -> str:
+        parse_user_state(v)
+        return v
 
     # --- files ---------------------------------------------------------------------------
     @classmethod
@@ -68,11 +152,20 @@ class PromptFormat(StrictModel):
                     f"format (bundled: {known})"
                 )
             p = bundled
+        if not p.is_file():
+            raise PromptFormatError(f"{p}: no prompt format file")
+        if p.stat().st_size > MAX_FORMAT_BYTES:
+            raise PromptFormatError(f"{p}: {p.stat().st_size} bytes is too large for a format")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            data = parse_yaml(p.read_text(encoding="utf-8"), str(p))
+        except UnicodeDecodeError as e:
+            raise PromptFormatError(f"{p}: not UTF-8 text (byte offset {e.start})") from None
+        except ConfigError as e:
+            raise PromptFormatError(str(e)) from None
+        try:
             return cls.model_validate(data)
-        except Exception as e:
-            raise ValueError(f"{p}: invalid prompt format: {e}") from e
+        except ValidationError as e:
+            raise PromptFormatError(validation_message(e, f"prompt format {p}")) from None
 
     def save(self, directory: str | Path) -> Path:
         from autovla.io import atomic_open
@@ -117,8 +210,8 @@ def ordered_cameras(sample: DrivingSample) -> list[str]:
 
 
 def user_state_text(sample: DrivingSample, fmt: PromptFormat) -> str:
-    return fmt.user_state.format(
-        speed=sample.ego.speed, accel=sample.ego.accel, instruction=sample.instruction.lower()
+    return render_user_state(
+        fmt.user_state, sample.ego.speed, sample.ego.accel, sample.instruction.lower()
     )
 
 

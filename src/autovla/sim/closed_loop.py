@@ -1,5 +1,6 @@
 """Closed-loop episodes: a planner replans every 0.5 s, the ego tracks its plan with the
-bicycle-model controller at 10 Hz, and the other agents react to the ego.
+scorer's LQR tracker and kinematic bicycle at 10 Hz (autovla.scoring.tracker), and the
+other agents react to the ego.
 
 Metrics follow the CARLA leaderboard: route completion (progress along the expert's route,
 relative to what the expert itself covers in the episode time) times the infraction penalty
@@ -19,13 +20,15 @@ import numpy as np
 
 from autovla.data.schema import STANDARD_CAMERAS, DrivingSample
 from autovla.geometry import box_corners, points_in_polygon, polygons_overlap, to_global, to_local
+from autovla.scoring.interpolate import reference_states
+from autovla.scoring.tracker import AX, HEADING, STEER, VX, X, Y, initial_state
+from autovla.scoring.tracker import simulate as track_reference
 from autovla.sim.agents import EGO_LENGTH, EGO_REAR, EGO_WIDTH, EgoState
 from autovla.sim.export import FIRST_T, build_sample, instant
 from autovla.sim.facts import SceneStatic, render_frame
 from autovla.sim.render import make_cameras
 from autovla.sim.rollout import Log, expert_tick, log_from_rows, record, simulate
 from autovla.sim.scenarios import Scenario, make_scenario
-from autovla.sim.scoring import track
 from autovla.sim.world import DT
 
 PENALTIES = {
@@ -200,9 +203,10 @@ class ClosedLoopEpisode:
             raise RuntimeError("episode is done")
         w = self.scn.world
         ego = w.ego
-        st = track(plan[None], ego.v, ego.a, steps=n, steer0=self.steer)[0]
+        start = initial_state(np.array([0.0, 0.0, 0.0, ego.v, 0.0, ego.a, 0.0]), 1, self.steer)
+        st = track_reference(reference_states(plan[None], len(plan)), start, steps=n)[0]
         pose0 = ego.pose()
-        glob = to_global(st[:, :3], pose0)
+        glob = to_global(st[:, [X, Y, HEADING]], pose0)
         for i in range(1, n + 1):
             snap = w.snapshot()
             accels = w.agent_accels(snap)
@@ -212,10 +216,10 @@ class ClosedLoopEpisode:
                 float(glob[i, 0]),
                 float(glob[i, 1]),
                 float(glob[i, 2]),
-                float(st[i, 3]),
-                float(st[i, 4]),
+                max(float(st[i, VX]), 0.0),  # the world's vehicles do not reverse
+                float(st[i, AX]),
             )
-            self.steer = float(st[i, 5])
+            self.steer = float(st[i, STEER])
             w.t = round(w.t + DT, 6)
             self._check(prev, w.ego)
             self._record()

@@ -4,7 +4,7 @@ Layout of the output directory:
     dataset.json                  generator settings and the camera models
     manifest-00000.jsonl ...      one shard per `shard_size` scenes (written last, atomically)
     images/<scene>/<cam>_<ff>.png frames at 2 Hz, shared by the samples of a scene
-    scoring/<scene>/<tt>.npz      per-sample scoring sidecar (NPZ, allow_pickle=False)
+    metric_cache/<scene>/<tt>.npz per-sample metric cache (autovla.scoring.MetricCache)
 
 Each scene yields `samples_per_scene` samples 0.5 s apart starting at t = 1.5 s. History is
 the 4 ego poses at -1.5, -1.0, -0.5 and 0 s (the last is the current pose, (0, 0, 0)); the
@@ -25,15 +25,8 @@ from autovla.data.meta_actions import meta_action
 from autovla.data.schema import STANDARD_CAMERAS, DrivingSample, EgoState, round_poses
 from autovla.geometry import to_local, wrap_angle
 from autovla.io import read_json, write_json
-from autovla.sim.facts import (
-    Instant,
-    SceneStatic,
-    render_frame,
-    save_npz,
-    scene_facts,
-    scoring_arrays,
-    scoring_data,
-)
+from autovla.scoring.sim_cache import build_metric_cache
+from autovla.sim.facts import Instant, SceneStatic, render_frame, scene_facts
 from autovla.sim.render import make_cameras
 from autovla.sim.rollout import Log, simulate
 from autovla.sim.scenarios import SCENARIO_TYPES, Scenario, check_type, make_scenario
@@ -41,7 +34,6 @@ from autovla.sim.world import DT
 
 FIRST_T = 1.5  # s: the first sample needs 1.5 s of history
 FRAME_STEPS = 5  # 10 Hz steps per 0.5 s frame
-FUTURE_STEPS_10HZ = 50
 SPLITS = (("train", 0.8), ("val", 0.9), ("test", 1.0))
 
 
@@ -153,20 +145,10 @@ def generate_scene(
             c: [f"images/{scene_id}/{c}_{g:02d}.png" for g in range(f - 3, f + 1)]
             for c in camera_names
         }
-        rel = f"scoring/{scene_id}/{f:02d}.npz"
-        sample, future = build_sample(
-            scn, static, log, k, f"{scene_id}-t{f:02d}", split, cameras, rel
-        )
-        red = log.lights[k : k + FUTURE_STEPS_10HZ + 1].T == 2
-        data = scoring_data(
-            scn,
-            static,
-            instant(log, k),
-            log.agents[k : k + FUTURE_STEPS_10HZ + 1].transpose(1, 0, 2),
-            red,
-            future,
-        )
-        save_npz(root / rel, scoring_arrays(data))
+        rel = f"metric_cache/{scene_id}/{f:02d}.npz"
+        sample_id = f"{scene_id}-t{f:02d}"
+        sample, _ = build_sample(scn, static, log, k, sample_id, split, cameras, rel)
+        build_metric_cache(scn, log, k, sample_id).save(root / rel)
         samples.append(sample)
     return samples
 
@@ -221,7 +203,7 @@ def generate_dataset(
         "history": "4 ego poses at -1.5, -1.0, -0.5, 0 s (the last is the current pose)",
         "future": "expert rear-axle poses at 0.5 ... 5.0 s, ego frame",
         "ego_frame": "rear axle, x forward, y left, heading counter-clockwise (rad)",
-        "scoring": "NPZ sidecar per sample; autovla.sim.scoring.load_scoring / score_plans",
+        "scoring": "metric cache per sample; autovla.scoring.load_cache / score_plans",
         "cameras": {c.name: c.to_dict() for c in cams},
     }
     info_path = out / "dataset.json"

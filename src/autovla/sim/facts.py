@@ -1,4 +1,4 @@
-"""From a world instant to the sample's parts: scene facts, scoring sidecar, rendered frames.
+"""From a world instant to the sample's parts: scene facts and rendered frames.
 
 Shared by dataset export (states read from a rollout log) and the closed loop (states read
 from the live world), so both produce the same schema.
@@ -6,17 +6,13 @@ from the live world), so both produce the same schema.
 
 from __future__ import annotations
 
-import io
-import zipfile
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from autovla.data.schema import SceneFacts, SceneObject
 from autovla.geometry import to_local, wrap_angle
-from autovla.io import atomic_path
 from autovla.sim.agents import EGO_FRONT
 from autovla.sim.map import RoadMap
 from autovla.sim.render import (
@@ -28,19 +24,7 @@ from autovla.sim.render import (
     vehicle_item,
 )
 from autovla.sim.scenarios import Scenario
-from autovla.sim.scoring import (
-    AGENT_KINDS,
-    F_DRIVABLE,
-    F_JUNCTION,
-    F_LANE,
-    GRID_RES,
-    GRID_SHAPE,
-    GRID_X0,
-    GRID_Y0,
-    ScoringData,
-)
 
-LANE_BAND = 1.2  # m either side of a centreline counts as "in a lane"
 FACT_RANGE = (-30.0, 80.0, 40.0)  # x min, x max, |y| max of objects listed in scene facts
 
 
@@ -60,74 +44,11 @@ class Instant:
 
 
 class SceneStatic:
-    """Per-scenario caches: the render mesh and world-frame geometry for the grid."""
+    """Per-scenario caches: the render mesh."""
 
     def __init__(self, scn: Scenario):
         m: RoadMap = scn.world.map
         self.mesh = static_mesh(m)
-        self.drivable = [p if len(p) <= 8 else _decimate_strip(p) for p in m.drivable]
-        self.centrelines = [ln.path.xy[::4] for ln in m.lanes]  # 2 m spacing
-        self.junction = m.intersection
-
-
-def _decimate_strip(poly: np.ndarray, step: int = 4) -> np.ndarray:
-    k = len(poly) // 2
-    idx = np.unique(np.concatenate([np.arange(0, k, step), [k - 1]]))
-    return np.concatenate([poly[:k][idx], poly[k:][::-1][idx][::-1]], 0)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """NPZ with fixed zip timestamps, so the same arrays give the same bytes."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, buf.getvalue(), compresslevel=1)
-
-
-def rasterise(static: SceneStatic, pose: np.ndarray) -> np.ndarray:
-    """Drivable / lane-band / junction flags on the ego-frame grid."""
-    h, w = GRID_SHAPE
-    out = np.zeros((h, w), dtype=np.uint8)
-
-    def pix(poly: np.ndarray) -> list[tuple[float, float]]:
-        p = to_local(poly, pose)
-        cols = (p[:, 1] - GRID_Y0) / GRID_RES
-        rows = (p[:, 0] - GRID_X0) / GRID_RES
-        return list(zip(cols.tolist(), rows.tolist(), strict=True))
-
-    groups = [(static.drivable, F_DRIVABLE)]
-    if static.junction is not None:
-        groups.append(([static.junction], F_JUNCTION))
-    for polys, flag in groups:
-        img = Image.new("L", (w, h), 0)
-        draw = ImageDraw.Draw(img)
-        for poly in polys:
-            draw.polygon(pix(poly), fill=1)
-        out |= np.asarray(img, dtype=np.uint8) * np.uint8(flag)
-    # lane bands: thick centrelines, clipped to the grid window
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
-    width = max(1, round(2 * LANE_BAND / GRID_RES))
-    for line in static.centrelines:
-        p = to_local(line, pose)
-        keep = (p[:, 0] > GRID_X0 - 10) & (p[:, 0] < GRID_X0 + h * GRID_RES + 10)
-        keep &= (p[:, 1] > GRID_Y0 - 10) & (p[:, 1] < GRID_Y0 + w * GRID_RES + 10)
-        if keep.sum() < 2:
-            continue
-        p = p[keep]
-        pts = list(
-            zip(
-                ((p[:, 1] - GRID_Y0) / GRID_RES).tolist(),
-                ((p[:, 0] - GRID_X0) / GRID_RES).tolist(),
-                strict=True,
-            )
-        )
-        draw.line(pts, fill=1, width=width, joint="curve")
-    out |= np.asarray(img, dtype=np.uint8) * np.uint8(F_LANE)
-    return out
 
 
 def _relation(scn: Scenario, inst: Instant, j: int, lane_w: float) -> str:
@@ -221,49 +142,6 @@ def scene_facts(scn: Scenario, inst: Instant) -> SceneFacts:
         lighting=scn.lighting,
         notes=notes,
     )
-
-
-def scoring_data(
-    scn: Scenario,
-    static: SceneStatic,
-    inst: Instant,
-    agents_future: np.ndarray,
-    red: np.ndarray,
-    future: np.ndarray,
-) -> ScoringData:
-    """Sidecar for one sample: agents_future (A, 51, 3) world poses; red (L, 51) bools."""
-    pose = inst.ego[:3]
-    m = scn.world.map
-    route = scn.expert.route
-    s = np.arange(inst.ego_s - 20.0, inst.ego_s + 160.0, 1.0)
-    lines = np.array([[sl.p0, sl.p1] for sl in m.stop_lines]).reshape(-1, 2, 2)
-    return ScoringData(
-        grid=rasterise(static, pose),
-        agents=to_local(agents_future, pose)
-        .astype(np.float32)
-        .reshape(-1, agents_future.shape[1], 3),
-        sizes=np.array([[a.length, a.width] for a in scn.world.agents], dtype=np.float32).reshape(
-            -1, 2
-        ),
-        kinds=np.array([AGENT_KINDS.index(a.kind) for a in scn.world.agents], dtype=np.int8),
-        route=to_local(route.pose(s)[:, :2], pose).astype(np.float32),
-        ego=np.array([inst.ego[3], inst.ego[4]], dtype=np.float32),
-        expert=np.asarray(future, dtype=np.float32),
-        stop_lines=to_local(lines, pose).astype(np.float32),
-        stop_heading=np.array(
-            [wrap_angle(sl.heading - pose[2]) for sl in m.stop_lines], dtype=np.float32
-        ),
-        red=np.asarray(red, dtype=bool).reshape(len(m.stop_lines), agents_future.shape[1]),
-        crosswalks=to_local(np.array(m.crosswalks).reshape(-1, 4, 2), pose).astype(np.float32),
-    )
-
-
-def scoring_arrays(data: ScoringData) -> dict[str, np.ndarray]:
-    """Sidecar arrays, with the expert's progress precomputed (the scorer's metric cache)."""
-    from autovla.sim.scoring import _agent_cache
-
-    _agent_cache(data)
-    return {f.name: getattr(data, f.name) for f in fields(data)}
 
 
 def frame_items(scn: Scenario, inst: Instant) -> list[BoxItem]:

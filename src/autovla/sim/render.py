@@ -397,19 +397,22 @@ TRAJ_COLOURS = [(0, 90, 255), (0, 170, 0), (230, 120, 0), (200, 0, 200), (0, 180
 
 
 def render_bev(
-    data,
+    cache,
     trajectories: dict[str, np.ndarray] | None = None,
     size: int = 400,
     extent: tuple[float, float, float, float] = (-20.0, 80.0, -50.0, 50.0),
     step: int = 0,
 ) -> Image.Image:
-    """Top-down image in the sample's ego frame (x up, y left) from its ScoringData.
+    """Top-down image in the sample's ego frame (x up, y left) from its metric cache.
 
-    Draws the drivable area, lane centre band, crosswalks, agents at 10 Hz step `step`, the
-    ego box and the given trajectories (name -> (T, 2+) ego-frame poses, e.g. plan, expert).
+    Draws the drivable map (roadblocks, intersections and carparks filled, lanes and
+    connectors outlined, route lanes tinted), the route centerline, the tracks at 10 Hz
+    step `step`, the ego box and the given trajectories (name -> (T, 2+) ego-frame poses).
     """
+    import shapely
+
+    from autovla.scoring.cache import LANE, LANE_CONNECTOR, N_AGENT_TYPES, TRACK_TYPES
     from autovla.sim.agents import EGO_LENGTH, EGO_REAR, EGO_WIDTH
-    from autovla.sim.scoring import AGENT_KINDS
 
     x0, x1, y0, y1 = extent
     scale = size / max(x1 - x0, y1 - y0)
@@ -425,22 +428,32 @@ def render_bev(
             )
         )
 
-    gy, gx = np.meshgrid(y1 - (np.arange(w) + 0.5) / scale, x1 - (np.arange(h) + 0.5) / scale)
-    flags = data.grid_flags(np.stack([gx, gy], -1))
-    rgb = np.full((h, w, 3), 235, dtype=np.uint8)
-    rgb[(flags & 1) > 0] = (190, 190, 195)
-    rgb[(flags & 2) > 0] = (205, 205, 210)
-    img = Image.fromarray(rgb)
+    img = Image.new("RGB", (w, h), (235, 235, 235))
     draw = ImageDraw.Draw(img)
-    for cw in data.crosswalks:
-        draw.polygon(px(cw), outline=(120, 120, 120))
-    if len(data.route):
-        draw.line(px(data.route), fill=(150, 150, 230), width=1)
-    st = min(step, data.agents.shape[1] - 1) if data.agents.size else 0
-    for j in range(len(data.sizes)):
-        c = box_corners(data.agents[j, st], data.sizes[j, 0], data.sizes[j, 1])
-        kind = AGENT_KINDS[int(data.kinds[j])]
+    on_route = cache.on_route
+    lanes = (cache.map_types == LANE) | (cache.map_types == LANE_CONNECTOR)
+    for filled in (True, False):
+        for i, poly in enumerate(cache.map_polygons):
+            if lanes[i] == filled:
+                continue
+            for part in shapely.get_parts(poly):
+                ring = shapely.get_coordinates(part.exterior)
+                if filled:
+                    draw.polygon(px(ring), fill=(190, 190, 195))
+                else:
+                    fill = (205, 205, 225) if on_route[i] else None
+                    draw.polygon(px(ring), fill=fill, outline=(150, 150, 150))
+    draw.line(px(cache.centerline[:, :2]), fill=(150, 150, 230), width=1)
+    st = min(step, len(cache.boxes) - 1)
+    for j in range(len(cache.track_ids)):
+        box = cache.boxes[st, j]
+        if not np.isfinite(box).all():
+            continue
+        c = box_corners(box[:3], box[3], box[4])
+        kind = TRACK_TYPES[int(cache.track_types[j])]
         col = {"vehicle": (60, 60, 200), "pedestrian": (200, 60, 60)}.get(kind, (230, 140, 0))
+        if cache.track_types[j] >= N_AGENT_TYPES:
+            col = (230, 140, 0)
         draw.polygon(px(c), fill=col)
     ego = box_corners(np.zeros(3), EGO_LENGTH, EGO_WIDTH, EGO_REAR)
     draw.polygon(px(ego), fill=(20, 20, 20))

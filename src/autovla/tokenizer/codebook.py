@@ -9,6 +9,7 @@ segment seconds, sub-steps, tol, seed, sources, coverage, ...). No pickle anywhe
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,15 @@ from autovla.tokenizer.contours import DEFAULT_LENGTH, DEFAULT_WIDTH, SUB_STEPS,
 
 META_KEY = "autovla_codebook"
 FORMAT_VERSION = 1
+# Metadata the code computes with: key -> (largest sensible value, unit). Checked on every
+# codebook, so a file's `length: "abc"` or NaN is refused when loaded, not deep in a report.
+MAX_COORD = 1e4  # metres; a token moves a vehicle box for 0.5 s
+NUMERIC_META = {
+    "length": (100.0, "m"),
+    "width": (100.0, "m"),
+    "segment_seconds": (60.0, "s"),
+    "tol": (100.0, "m"),  # optional: the report's coverage radius
+}
 
 
 class CodebookError(ValueError):
@@ -39,14 +49,19 @@ class Codebook:
         c = torch.as_tensor(self.contours)
         if c.ndim != 4 or c.shape[1:] != (SUB_STEPS, 4, 2) or c.shape[0] < 1:
             raise CodebookError(f"contours must have shape [K, 6, 4, 2], got {tuple(c.shape)}")
+        if not c.is_floating_point():
+            raise CodebookError(f"contours must be floating point, got {c.dtype}")
         if not torch.isfinite(c).all():
             raise CodebookError("contours contain NaN or infinite values")
+        if c.abs().max() > MAX_COORD:
+            raise CodebookError(f"contours reach beyond {MAX_COORD:g} m (a 0.5 s segment?)")
         self.contours = c.to(torch.float32)
         self.meta = dict(self.meta)
         self.meta.setdefault("length", DEFAULT_LENGTH)
         self.meta.setdefault("width", DEFAULT_WIDTH)
         self.meta.setdefault("segment_seconds", 0.5)
         self.meta.setdefault("sub_steps", SUB_STEPS)
+        _check_meta(self.meta)
         self.meta["size"] = int(c.shape[0])
         self._cache: dict[str, Any] = {}  # derived tensors, built on first use
 
@@ -150,10 +165,32 @@ class Codebook:
             raise CodebookError(f"{path}: metadata is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != "autovla-codebook":
             raise CodebookError(f"{path}: metadata does not describe an autovla codebook")
+        version = meta.get("version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+            raise CodebookError(
+                f"{path}: metadata 'version' {version!r} is not one this code reads "
+                f"(up to {FORMAT_VERSION})"
+            )
         try:
             return cls(contours, meta).to(device)
         except CodebookError as e:
             raise CodebookError(f"{path}: {e}") from e
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    for key, (largest, unit) in NUMERIC_META.items():
+        if key not in meta:
+            continue
+        v = meta[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (ok and math.isfinite(v) and 0 < v <= largest):
+            raise CodebookError(
+                f"metadata {key!r} must be a number in (0, {largest:g}] {unit}, got {v!r:.60}"
+            )
+    if meta["sub_steps"] != SUB_STEPS or isinstance(meta["sub_steps"], bool):
+        raise CodebookError(
+            f"metadata 'sub_steps' must be {SUB_STEPS}, got {meta['sub_steps']!r:.60}"
+        )
 
 
 def _ndim(x) -> int:

@@ -55,7 +55,12 @@ def load_reference_contours(path: str | os.PathLike, agent: str = "veh") -> np.n
     if not isinstance(arr, np.ndarray) or arr.ndim != 4 or arr.shape[1:] != (6, 4, 2):
         shape = getattr(arr, "shape", type(arr).__name__)
         raise CodebookError(f"{path}: token_all[{agent!r}] must be [K, 6, 4, 2], got {shape}")
-    return np.asarray(arr, dtype=np.float32)
+    if arr.dtype.kind not in "fiu":  # strings, objects, booleans are no coordinates
+        raise CodebookError(
+            f"{path}: token_all[{agent!r}] must hold numbers, got dtype {arr.dtype.str!r}"
+        )
+    with np.errstate(over="ignore"):  # out-of-range values become inf: the Codebook names them
+        return np.asarray(arr, dtype=np.float32)
 
 
 def import_reference(path: str | os.PathLike, agent: str = "veh") -> Codebook:
@@ -68,4 +73,7 @@ def import_reference(path: str | os.PathLike, agent: str = "veh") -> Codebook:
         "imported_from": Path(path).name,
         "agent": agent,
     }
-    return Codebook(torch.from_numpy(contours.copy()), meta)
+    try:
+        return Codebook(torch.from_numpy(contours.copy()), meta)
+    except CodebookError as e:
+        raise CodebookError(f"{path}: token_all[{agent!r}]: {e}") from None

@@ -122,10 +122,11 @@ def plot_reconstructions(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # half the worst, half evenly spread: both the failures and the typical case
+    # half the worst, half evenly spread over the rest: both the failures and the typical case
     order = np.argsort(-err.mean(1))
-    worst = order[: n // 2]
-    spread = order[np.linspace(n // 2, len(order) - 1, n - len(worst)).astype(int)]
+    n = min(n, len(order))  # a small dataset: every sample once
+    worst, rest = order[: n // 2], order[n // 2 :]
+    spread = rest[np.linspace(0, len(rest) - 1, n - len(worst)).astype(int)] if len(rest) else rest
     picks = np.unique(np.concatenate([worst, spread]))[:n]
     cols = 4
     rows = int(np.ceil(len(picks) / cols))

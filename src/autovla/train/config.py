@@ -15,14 +15,27 @@ from autovla.config import StrictModel
 
 
 class ModelSource(StrictModel):
-    """Where the model comes from: an AutoVLA directory, or a preset built from a codebook."""
+    """Where the model comes from. `path` wins over `preset`, so `model.path=...` on the
+    command line replaces a recipe's preset:
 
-    path: str | None = Field(default=None, description="AutoVLA model directory to fine-tune")
+    * `path` is an AutoVLA directory: fine-tune it (`codebook`, if given, must be its codebook);
+    * `path` is a pretrained Qwen2.5-VL directory or hub id (no autovla.json): build a fresh
+      AutoVLA from those weights with `codebook` and the preset's pixel budget (`preset`,
+      default qwen2.5-vl-3b);
+    * no `path`: build `preset` with random weights (or its cached pretrained ones) and
+      `codebook`.
+    """
+
+    path: str | None = Field(
+        default=None,
+        description="AutoVLA model directory to fine-tune, or pretrained Qwen2.5-VL weights "
+        "(directory or hub id) to build from with `codebook`; wins over `preset`",
+    )
     preset: str | None = Field(default=None, description="build a fresh model: tiny|small|...")
     codebook: str | None = Field(
         default=None,
-        description="codebook file; with `preset` builds the model, with `path` "
-        "it must match the model's codebook",
+        description="codebook file; builds the model's action tokens (preset or pretrained "
+        "weights), or must match the codebook of an AutoVLA `path`",
     )
     seed: int = 0
     action_init: Literal["mean", "geometry"] = Field(
@@ -40,9 +53,7 @@ class ModelSource(StrictModel):
     def _one_source(self) -> ModelSource:
         if self.path is None and self.preset is None:
             raise ValueError("set model.path (an AutoVLA directory) or model.preset + codebook")
-        if self.path is not None and self.preset is not None:
-            raise ValueError("set model.path or model.preset, not both")
-        if self.preset is not None and self.codebook is None:
+        if self.path is None and self.codebook is None:
             raise ValueError("model.preset needs model.codebook (the action codebook file)")
         return self
 

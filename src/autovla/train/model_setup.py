@@ -38,20 +38,26 @@ def check_codebook(vla: Any, codebook_path: str, where: str) -> None:
 
 def load_vla(src: ModelSource, checkpoint: str | Path | None = None) -> Any:
     """The AutoVLA to train: from `checkpoint` when given, else from the configured source."""
-    from autovla.model.checkpoint import AutoVLA, build_model
+    from autovla.model.checkpoint import AutoVLA, build_model, is_model_dir
 
     if checkpoint is not None:
         vla = AutoVLA.from_pretrained(checkpoint)
         where = str(checkpoint)
-    elif src.path is not None:
+    elif src.path is not None and is_model_dir(src.path):
         vla = AutoVLA.from_pretrained(src.path)
         where = src.path
     else:
-        assert src.preset is not None and src.codebook is not None  # checked by the config
+        if src.codebook is None:  # only a path: checked by the config
+            raise ValueError(
+                f"model.path {src.path} is not an AutoVLA directory (no autovla.json); to build "
+                "one from pretrained Qwen2.5-VL weights there, also give model.codebook"
+            )
         return build_model(
-            src.preset,
+            src.preset or "qwen2.5-vl-3b",  # a pretrained path without a preset
             load_codebook(src.codebook),
             seed=src.seed,
+            source=src.path,
+            allow_random=src.path is None,
             action_init=src.action_init,
             number_init=src.number_init,
         )

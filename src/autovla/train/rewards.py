@@ -68,16 +68,17 @@ def _indices_by_sample(samples: Sequence[DrivingSample]) -> list[list[int]]:
 
 # --- the driving scores, in [0, 1] ---------------------------------------------------------
 def score_pdms(root: Path, sample: DrivingSample, plans: np.ndarray) -> np.ndarray:
-    """PDMS of each plan (K, 10, 3) of one sample: the only call into the scorer, so that
-    swapping the scorer implementation touches this function alone."""
-    from autovla.sim.scoring import load_scoring, score_plans
+    """PDMS of each plan (K, 10, 3) of one sample against its metric cache (the NAVSIM v1.1
+    scorer, docs/scoring.md): the only call into the scorer, so that swapping the scorer
+    touches this function alone."""
+    from autovla.scoring import score_sample
 
-    return np.asarray(score_plans(load_scoring(root, sample), plans).pdms, dtype=np.float64)
+    return np.asarray(score_sample(root, sample, plans).pdms, dtype=np.float64)
 
 
 def pdms(samples, roots, completions) -> np.ndarray:
-    """PDMS of each completion's plan; NaN for a sample without scoring data or whose scoring
-    data cannot be read (logged). The completions of one sample are scored in one call."""
+    """PDMS of each completion's plan; NaN for a sample without a metric cache or whose cache
+    cannot be read (logged). The completions of one sample are scored in one call."""
     out = np.full(len(completions), np.nan)
     for idx in _indices_by_sample(samples):
         s, root = samples[idx[0]], roots[idx[0]]

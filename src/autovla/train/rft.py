@@ -212,7 +212,7 @@ class _Run:
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
         terms = compute_rewards(self.reward_terms, cfg.reward.scale, rep, rep_roots, comps)
-        adv, group_std = self.advantages(terms["total"])
+        adv, group_std, keep = self.advantages(terms["total"])
 
         per = cfg.train.forward_prompts or len(items)
         chunks = [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]
@@ -229,8 +229,12 @@ class _Run:
             for ch in chunks
         ]
         ids = [[plans[r].completion_ids for r in rs] for rs in rows]
-        masks = [padded([plans[r].sampled_mask for r in rs], torch.float32, acc.device)
-                 for rs in rows]  # fmt: skip
+        # tokens of unscored completions do not count (no advantage, no KL, no statistics)
+        masks = [
+            padded([plans[r].sampled_mask for r in rs], torch.float32, acc.device)
+            * torch.as_tensor(keep[rs], dtype=torch.float32, device=acc.device)[:, None]
+            for rs in rows
+        ]
         phases: list[torch.Tensor | None] = [None] * len(rows)
         if g.constrained_logprobs:
             phases = [padded([sampled_phases(plans[r].sampled_mask) for r in rs], torch.long,
@@ -247,7 +251,7 @@ class _Run:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n_rows = len(plans)
+        n_rows = max(int(keep.sum()), 1)  # the completions that count
         n_tokens = float(sum(float(m.sum()) for m in masks))
         old: list[torch.Tensor | None] = [None] * len(chunks)
         stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "tokens": 0.0}
@@ -278,12 +282,15 @@ class _Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         stats.update(grad_norm=grad_norm, lr=lr, gen_s=t_gen, step_s=time.perf_counter() - t0)
+        # unscored completions (NaN total) are left out of the loss above; the statistics
+        # count them (reward_unscored) and average each reward term over what it scored
         return step_stats(samples, plans, terms, G, stats, group_std=group_std)
 
-    def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float]:
-        """Advantages of this process's completions (sample-major) and the summed std of the
-        rewards in each group; spanning groups are gathered from every process first. NaN
-        totals (unscored completions) get advantage 0."""
+    def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float, np.ndarray]:
+        """Advantages of this process's completions (sample-major), the summed std of the
+        rewards in each group, and which completions count: an unscored completion (NaN
+        total) is left out of its group's mean and std and gets advantage 0. Spanning groups
+        are gathered from every process first."""
         g, acc, G = self.cfg.grpo, self.acc, self.local_group
         r = torch.as_tensor(np.asarray(totals, dtype=np.float64)).view(-1, G)
         if self.span:
@@ -299,7 +306,8 @@ class _Run:
             adv = group_advantages(r.flatten(), G, g.advantage_scaling, batch_std)
         # every spanning process reports the same groups: `summarise` divides by all of them
         std = float(nan_std(r, dim=1).sum())
-        return adv.to(acc.device, torch.float32), std
+        keep = np.isfinite(np.asarray(totals, dtype=np.float64))
+        return adv.to(acc.device, torch.float32), std, keep
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, step: int) -> Path | None:

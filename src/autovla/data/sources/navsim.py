@@ -6,6 +6,9 @@ windows start every `stride` frames (default 14: non-overlapping, as the devkit 
 History = the 4 poses of frames 0..3 in the current ego frame (the last is (0, 0, 0));
 future = frames 4..13 (0.5 s ... 5 s).
 
+The split written to the samples is the name of the folder the log lies in
+(`navsim_logs/<split>/<log>.pkl`, or `--logs` itself when it is that folder) unless given.
+
 Pickles can run code when loaded. Logs are read only from the root the user names, with a
 restricted unpickler (`autovla.safe_pickle`, every pickle protocol); `trust_pickles=True`
 lifts the restriction for logs from a trusted source that need other classes.
@@ -27,7 +30,9 @@ from autovla.data.sources.runner import (
     Filtered,
     ImageOptions,
     Unit,
+    numbers,
     place_image,
+    record_errors,
 )
 from autovla.geometry import to_global, to_local, wrap_angle, yaw_from_quaternion
 
@@ -47,22 +52,54 @@ CLASSES = {
 
 def load_log(path: Path, trust_pickles: bool = False) -> list[dict]:
     try:
-        with open(path, "rb") as f:
-            frames = pickle.load(f) if trust_pickles else safe_pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        # from bytes, not the file: a length prefix in a corrupt pickle cannot make the
+        # unpickler allocate more than the file holds
+        raw = path.read_bytes()
+        frames = pickle.loads(raw) if trust_pickles else safe_pickle.load(raw)
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        RecursionError,
+    ) as e:
         raise ConvertError(path, None, "", f"unreadable log pickle: {e}") from None
     if not isinstance(frames, list) or not all(isinstance(x, dict) for x in frames):
         raise ConvertError(path, None, "", "unreadable log pickle: expected a list of frame dicts")
     return frames
 
 
+def _token(frame: dict) -> str | None:
+    token = frame.get("token")
+    return None if token is None else str(token)[:200]
+
+
+def _has_roadblocks(frame: dict) -> bool:
+    rb = frame.get("roadblock_ids")
+    return isinstance(rb, (list, tuple, np.ndarray)) and len(rb) > 0
+
+
 def _pose(frame: dict, path: Path) -> np.ndarray:
-    try:
-        t = np.asarray(frame["ego2global_translation"], dtype=np.float64)
-        q = np.asarray(frame["ego2global_rotation"], dtype=np.float64)
-        return np.array([t[0], t[1], float(yaw_from_quaternion(q))])
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConvertError(path, frame.get("token"), "ego2global", f"bad ego pose: {e}") from None
+    tok = _token(frame)
+    for key in ("ego2global_translation", "ego2global_rotation"):
+        if key not in frame:
+            raise ConvertError(path, tok, key, "missing field")
+    t = numbers(frame["ego2global_translation"], path, tok, "ego2global_translation", 3)
+    q = numbers(frame["ego2global_rotation"], path, tok, "ego2global_rotation", 4)
+    if not np.linalg.norm(q) > 0:
+        raise ConvertError(path, tok, "ego2global_rotation", "a zero quaternion")
+    return np.array([t[0], t[1], float(yaw_from_quaternion(q))])
+
+
+def split_of_log(log_path: Path, logs_root: Path) -> str:
+    """The split a log belongs to: its folder under `logs_root`, else `logs_root`'s name
+    (`navsim_logs/<split>/` given directly)."""
+    rel = log_path.resolve().relative_to(logs_root.resolve())
+    return rel.parts[0] if len(rel.parts) > 1 else logs_root.resolve().name
 
 
 class NavsimConverter:
@@ -73,7 +110,7 @@ class NavsimConverter:
         logs: str | Path,
         sensor_blobs: str | Path,
         out: str | Path,
-        split: str = "trainval",
+        split: str | None = None,
         stride: int = HISTORY + FUTURE,
         require_roadblocks: bool = True,
         images: ImageOptions | None = None,
@@ -99,31 +136,30 @@ class NavsimConverter:
     def __call__(self, unit: Unit) -> Iterator[DrivingSample | ConvertError | Filtered]:
         path: Path = unit.payload  # type: ignore[assignment]
         frames = load_log(path, self.trust_pickles)
-        split_dir = self._split_dir(path)
+        split_dir = split_of_log(path, self.logs)
         n = HISTORY + FUTURE
         if len(frames) < n:
             yield Filtered(f"log shorter than {n} frames")
         for start in range(0, len(frames) - n + 1, self.stride):
             window = frames[start : start + n]
             cur = window[HISTORY - 1]
-            if self.require_roadblocks and not cur.get("roadblock_ids"):
+            if self.require_roadblocks and not _has_roadblocks(cur):
                 yield Filtered("no roadblock ids")
                 continue
             try:
-                yield self._scene(window, path, split_dir)
+                with record_errors(path, _token(cur)):
+                    yield self._scene(window, path, split_dir)
             except ConvertError as e:
                 yield e
-
-    def _split_dir(self, log_path: Path) -> str:
-        # Logs live in navsim_logs/<split>/; blobs in sensor_blobs/<split>/.
-        rel = log_path.resolve().relative_to(self.logs)
-        return rel.parts[0] if len(rel.parts) > 1 else ""
 
     def _scene(self, window: list[dict], path: Path, split_dir: str) -> DrivingSample:
         cur = window[HISTORY - 1]
         token = str(cur.get("token", ""))
         # Missing frames: timestamps must step by ~0.5 s and frame_idx (when present) by 1.
-        ts = np.array([f.get("timestamp", 0) for f in window], dtype=np.float64) * 1e-6
+        ts = np.array(
+            [numbers(f.get("timestamp", 0), path, _token(f), "timestamp", 1)[0] for f in window]
+        )
+        ts = ts * 1e-6
         gaps = np.diff(ts)
         if np.any(np.abs(gaps - 0.5) > 0.15):
             bad = int(np.argmax(np.abs(gaps - 0.5) > 0.15))
@@ -136,9 +172,11 @@ class NavsimConverter:
         poses = np.stack([_pose(f, path) for f in window])
         local = to_local(poses, poses[HISTORY - 1])
         history, future = local[:HISTORY], local[HISTORY:]
-        dyn = np.asarray(cur.get("ego_dynamic_state", [0, 0, 0, 0]), dtype=np.float64)
+        dyn = numbers(cur.get("ego_dynamic_state", [0, 0, 0, 0]), path, token, "ego_dynamic_state")
+        if dyn.size < 4:
+            raise ConvertError(path, token, "ego_dynamic_state", f"{dyn.size} numbers, expected 4")
         ego = EgoState(vx=dyn[0], vy=dyn[1], ax=dyn[2], ay=dyn[3])
-        cmd = np.asarray(cur.get("driving_command", [0, 0, 0, 1]), dtype=np.float64)
+        cmd = numbers(cur.get("driving_command", [0, 0, 0, 1]), path, token, "driving_command")
         instruction = (
             COMMANDS[int(np.argmax(cmd))] if cmd.size == 4 and cmd.max() > 0 else "unknown"
         )
@@ -149,7 +187,7 @@ class NavsimConverter:
         return DrivingSample(
             id=f"navsim-{token}",
             source="navsim",
-            split=self.split,
+            split=self.split or split_dir,
             cameras=cameras,
             ego=ego,
             instruction=instruction,
@@ -171,28 +209,37 @@ class NavsimConverter:
             rel = frame["cams"][cam]["data_path"]
         except (KeyError, TypeError):
             raise ConvertError(path, token, f"cams.{cam}.data_path", "missing camera") from None
+        if not isinstance(rel, str) or not rel:
+            raise ConvertError(path, token, f"cams.{cam}.data_path", "not a path")
         # sensor_blobs/<split>/<data_path>; the split is the log's folder under --logs, or the
         # name of --logs itself when it points at navsim_logs/<split>; or blobs given down to it
-        split = split_dir or self.logs.name
+        split = split_dir
         src = next((p for p in (self.blobs / split / rel, self.blobs / rel) if p.is_file()), None)
         if src is None:
             raise ConvertError(path, token, f"cams.{cam}.data_path", f"image not found: {rel}")
         dest = f"images/navsim/{split}/{rel}"
-        return place_image(src, self.out, dest, self.images)
+        try:
+            return place_image(src, self.out, dest, self.images)
+        except ConvertError as e:  # a data path that would leave --out when copied
+            raise ConvertError(path, token, f"cams.{cam}.data_path", e.reason) from None
 
     def _objects(self, window: list[dict], poses: np.ndarray, path: Path) -> list[SceneObject]:
         cur = window[HISTORY - 1]
         anns = cur.get("anns")
         if not anns:
             return []
+        tok = _token(cur)
         try:
-            boxes = np.asarray(anns["gt_boxes"], dtype=np.float64).reshape(-1, 7)
+            boxes = numbers(anns["gt_boxes"], path, tok, "anns.gt_boxes").reshape(-1, 7)
             names = list(anns["gt_names"])
-            vel = np.asarray(anns.get("gt_velocity_3d", np.zeros((len(boxes), 3))), np.float64)
+            v3 = anns.get("gt_velocity_3d", np.zeros((len(boxes), 3)))
+            vel = numbers(v3, path, tok, "anns.gt_velocity_3d").reshape(-1, 3)
             tracks = [str(t) for t in anns.get("track_tokens", range(len(boxes)))]
-        except (KeyError, ValueError) as e:
-            raise ConvertError(path, cur.get("token"), "anns", f"bad annotations: {e}") from None
-        futures = self._object_futures(window, poses, set(tracks))
+        except (KeyError, ValueError, TypeError) as e:
+            if isinstance(e, ConvertError):
+                raise
+            raise ConvertError(path, tok, "anns", f"bad annotations: {e}") from None
+        futures = self._object_futures(window, poses, set(tracks), path)
         objs = []
         for box, name, v, tid in zip(boxes, names, vel, tracks, strict=False):
             kind = CLASSES.get(str(name), "generic_object")
@@ -216,7 +263,7 @@ class NavsimConverter:
         return objs
 
     def _object_futures(
-        self, window: list[dict], poses: np.ndarray, tracks: set[str]
+        self, window: list[dict], poses: np.ndarray, tracks: set[str], path: Path
     ) -> dict[str, np.ndarray]:
         """Track poses in future frames, in the current ego frame; cut at the first gap."""
         out: dict[str, list] = {t: [] for t in tracks}
@@ -224,7 +271,9 @@ class NavsimConverter:
         for k in range(HISTORY, HISTORY + FUTURE):
             anns = window[k].get("anns") or {}
             ids = [str(t) for t in anns.get("track_tokens", [])]
-            boxes = np.asarray(anns.get("gt_boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
+            boxes = numbers(
+                anns.get("gt_boxes", np.zeros((0, 7))), path, _token(window[k]), "anns.gt_boxes"
+            ).reshape(-1, 7)
             here = dict(zip(ids, boxes, strict=False))
             for t in list(alive):
                 if t not in here:

@@ -4,6 +4,9 @@ Each record: uint64 length (LE), uint32 masked CRC32C of those 8 bytes, the data
 masked CRC32C of the data. CRC32C is the Castagnoli polynomial; the mask rotates right by 15
 and adds 0xa282ead8. A fast `google_crc32c`/`crc32c` module is used when installed, else a
 table-driven loop, vectorised with numpy over chunks of big records (about 30-100 MB/s).
+
+A record's declared length is checked before anything is allocated: at most MAX_RECORD_BYTES
+and no more than the bytes left in the file, else a ConvertError naming file and offset.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from autovla.data.sources.runner import ConvertError
 
 _POLY = 0x82F63B78  # reflected Castagnoli polynomial
+MAX_RECORD_BYTES = 256 * 2**20  # a WOD-E2E frame (8 JPEGs) is a few MB
 
 
 def _table() -> list[int]:
@@ -146,32 +150,76 @@ def write_tfrecord(path: str | os.PathLike, records: list[bytes]) -> None:
             f.write(encode_record(r))
 
 
+def _read_record(f, path: Path, i: int, size: int, verify: bool) -> bytes | ConvertError | None:
+    """The record at the file's position (None at the end of the file)."""
+    offset = f.tell()
+    header = f.read(12)
+    if not header:
+        return None
+    if len(header) < 12:
+        raise ConvertError(path, f"#{i}", "length", f"truncated record at byte {offset}")
+    (length,) = struct.unpack("<Q", header[:8])
+    (len_crc,) = struct.unpack("<I", header[8:])
+    if verify and masked_crc(header[:8]) != len_crc:
+        raise ConvertError(path, f"#{i}", "length", f"bad length CRC at byte {offset}")
+    if length > MAX_RECORD_BYTES:
+        raise ConvertError(
+            path,
+            f"#{i}",
+            "length",
+            f"record at byte {offset} declares {length} bytes (at most {MAX_RECORD_BYTES})",
+        )
+    if offset + 12 + length + 4 > size:
+        raise ConvertError(path, f"#{i}", "data", f"truncated record at byte {offset}")
+    data = f.read(length)
+    footer = f.read(4)
+    if len(data) < length or len(footer) < 4:
+        raise ConvertError(path, f"#{i}", "data", f"truncated record at byte {offset}")
+    if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
+        return ConvertError(path, f"#{i}", "data", f"bad data CRC at byte {offset}")
+    return data
+
+
+def iter_records(
+    path: str | os.PathLike, verify: bool = True
+) -> Iterator[tuple[int, int, bytes | ConvertError]]:
+    """Yield (record index, byte offset, data) in file order; see `read_tfrecord`."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        i = 0
+        while True:
+            offset = f.tell()
+            data = _read_record(f, path, i, size, verify)
+            if data is None:
+                return
+            yield i, offset, data
+            i += 1
+
+
+def read_record_at(
+    path: str | os.PathLike, offset: int, index: int = 0, verify: bool = True
+) -> bytes:
+    """The one record that starts at byte `offset` (from `iter_records`); ConvertError if it
+    cannot be read."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(offset)
+        data = _read_record(f, path, index, size, verify)
+    if data is None:
+        raise ConvertError(path, f"#{index}", "", f"no record at byte {offset}")
+    if isinstance(data, ConvertError):
+        raise data
+    return data
+
+
 def read_tfrecord(
     path: str | os.PathLike, verify: bool = True
 ) -> Iterator[tuple[int, bytes | ConvertError]]:
     """Yield (record index, data) in order; a record whose data CRC fails is yielded as a
-    ConvertError (the framing is still intact, so reading goes on). A broken length header
-    or a truncated file raises ConvertError: nothing after it can be trusted."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        i = 0
-        while True:
-            offset = f.tell()
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise ConvertError(path, f"#{i}", "length", f"truncated record at byte {offset}")
-            (length,) = struct.unpack("<Q", header[:8])
-            (len_crc,) = struct.unpack("<I", header[8:])
-            if verify and masked_crc(header[:8]) != len_crc:
-                raise ConvertError(path, f"#{i}", "length", f"bad length CRC at byte {offset}")
-            data = f.read(length)
-            footer = f.read(4)
-            if len(data) < length or len(footer) < 4:
-                raise ConvertError(path, f"#{i}", "data", f"truncated record at byte {offset}")
-            if verify and masked_crc(data) != struct.unpack("<I", footer)[0]:
-                yield i, ConvertError(path, f"#{i}", "data", f"bad data CRC at byte {offset}")
-            else:
-                yield i, data
-            i += 1
+    ConvertError (the framing is still intact, so reading goes on). A broken length header,
+    a length beyond MAX_RECORD_BYTES or the file's end, or a truncated file raises
+    ConvertError: nothing after it can be trusted."""
+    for i, _, data in iter_records(path, verify):
+        yield i, data

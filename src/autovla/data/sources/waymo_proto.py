@@ -26,7 +26,8 @@ def _msg(fp, name: str, fields: list[tuple[str, int, int, int, str | None, bool]
 @cache
 def messages() -> dict[str, type]:
     """Message classes by name: E2EDFrame, Frame, Context, CameraImage, CameraCalibration,
-    Transform, EgoTrajectoryStates."""
+    Transform, EgoTrajectoryStates; and E2EDFrameHeader / FrameHeader, the same wire format
+    reduced to the context and the timestamp (to index records without decoding images)."""
     opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
     fp = descriptor_pb2.FileDescriptorProto(
         name="autovla_waymo_e2e.proto", package=PACKAGE, syntax="proto2"
@@ -88,6 +89,15 @@ def messages() -> dict[str, type]:
             ("preference_trajectories", 8, _F.TYPE_MESSAGE, rep, "EgoTrajectoryStates", False),
         ],
     )
+    _msg(
+        fp,
+        "FrameHeader",
+        [
+            ("context", 1, _F.TYPE_MESSAGE, opt, "Context", False),
+            ("timestamp_micros", 2, _F.TYPE_INT64, opt, None, False),
+        ],
+    )
+    _msg(fp, "E2EDFrameHeader", [("frame", 1, _F.TYPE_MESSAGE, opt, "FrameHeader", False)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fp)
     return {
