@@ -2,7 +2,8 @@
 # and reinstall only when pyproject.toml changed (the stamp file records the last install).
 # Tests: `make test` = lint + every test not marked slow (the README's suite, < 5 min on 2
 # cores); `make test-slow` = the slow ones (the demo end to end, multi-process runs);
-# `make test-fast` = the edit loop: no lint, stop at the first failure, last failures first.
+# `make test-fast` = the edit loop: no lint, no fuzzing, stop at the first failure, last
+# failures first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -34,7 +35,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -x --ff -m "not slow"
+	$(BIN)/python -m pytest -q -x --ff -m "not slow" --ignore-glob="tests/test_fuzz_*.py"
 
 demo: $(STAMP)
 	$(BIN)/autovla demo
