@@ -129,10 +129,9 @@ def sft_config(args: argparse.Namespace, out: Path, max_steps: int) -> Any:
             },
             "val": {"at_end": False},
             "optim": {"warmup_steps": 0},
+            "sft": {"batch_size": 1, "grad_accum": 1},
             "train": {
                 "max_steps": max_steps,
-                "batch_size": 1,
-                "grad_accum": 1,
                 "device": "cpu",
                 "freeze_vision": True,
                 "gradient_checkpointing": True,
@@ -166,11 +165,14 @@ def rft_config(
         {
             "model": {"path": str(model)},
             "data": {"datasets": [{"path": str(data), "split": "train"}], "shuffle_buffer": 1},
-            "grpo": {"group_size": group_size, "max_reasoning_tokens": reasoning_tokens},
+            "grpo": {
+                "prompts_per_step": 1,
+                "group_size": group_size,
+                "max_reasoning_tokens": reasoning_tokens,
+            },
             "reward": {"functions": [{"name": "ade"}]},
             "train": {
                 "max_steps": max_steps,
-                "prompts_per_step": 1,
                 "device": device,
                 "gradient_checkpointing": True,
                 "torch_threads": threads,

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 suits tiny models)")
     args = ap.parse_args()
 
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
     from autovla.train.rft_config import RFTConfig
 
     rows = []
@@ -40,23 +40,23 @@ def main() -> None:
                 {
                     "model": {"path": args.model},
                     "data": {"datasets": [{"path": args.data, "split": args.split}]},
-                    "grpo": {"group_size": g, "max_reasoning_tokens": args.max_reasoning_tokens},
+                    "grpo": {
+                        "prompts_per_step": b,
+                        "group_size": g,
+                        "max_reasoning_tokens": args.max_reasoning_tokens,
+                    },
                     "reward": {
                         "functions": [
                             {"name": args.reward},
                             {"name": "reasoning_length", "weight": -0.3, "k": 0.002, "c": 400},
                         ]
                     },
-                    "train": {
-                        "prompts_per_step": b,
-                        "max_steps": args.steps + 1,
-                        "torch_threads": args.threads,
-                    },
+                    "train": {"max_steps": args.steps + 1, "torch_threads": args.threads},
                     "output": {"dir": out, "tensorboard": False, "progress": False},
                 }
             )
-            run = _Run(cfg)
-            batches = run.batches()
+            run = RFT(cfg)
+            batches = run.batches(0)
             run.step(next(batches), 0)  # warm-up
             stats = []
             for s in range(1, args.steps + 1):

@@ -44,6 +44,10 @@ def test_headline_and_report_list_all_planners(quick_demo):
         assert any(line.startswith(name) for line in tail), name
         assert f">{name}<" in page
     assert "smoke run" in stdout
+    # how each training stage ended, from its checkpoint's metadata
+    quick = PRESETS["quick"]
+    assert f"sft: step {quick.sft_steps} of {quick.sft_steps}, all steps done" in stdout
+    assert f"rft: step {quick.rft_steps} of {quick.rft_steps}, all steps done" in page
     # Every run directory has its own report, linked from the demo page.
     for run in (out / "runs").iterdir():
         assert (run / "report.html").is_file()

@@ -312,11 +312,11 @@ KEYS = [
     "optim.betas",
     "train.seed",
     "train.max_steps",
-    "train.batch_size",
+    "sft.batch_size",
     "output.dir",
     "inherit",
     "nope.x",
-    "loss.lambda_a",
+    "sft.lambda_a",
     "val.every",
 ]
 YAML_PIECES = [*"[]{}:,&*!|>'\"#-?%@` \n\t.=0a", "!!python/object:os.system ", "\xff", "\x00"]

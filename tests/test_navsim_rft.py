@@ -33,24 +33,24 @@ def first_sample_unscored(samples, roots, completions) -> np.ndarray:
 
 
 def test_unscored_completions_are_left_out_and_counted(sft_dir, tmp_path):
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
 
     root, _ = mf.dataset()
     cfg = RFTConfig.model_validate(
         {
             "model": {"path": str(sft_dir)},
             "data": {"datasets": [{"path": str(root), "split": "train"}], "shuffle_buffer": 1},
-            "grpo": {"group_size": 2, "max_reasoning_tokens": 4},
+            "grpo": {"group_size": 2, "max_reasoning_tokens": 4, "prompts_per_step": 3},
             "reward": {
                 "functions": [{"name": "tests.test_navsim_rft:first_sample_unscored"}],
                 "allow_code": True,
             },
-            "train": {"max_steps": 1, "prompts_per_step": 3, "lora": {"enabled": True}},
+            "train": {"max_steps": 1, "lora": {"enabled": True}},
             "output": {"dir": str(tmp_path / "out"), "tensorboard": False, "progress": False},
         }
     )
-    run = _Run(cfg)
-    items = next(run.batches())
+    run = RFT(cfg)
+    items = next(run.batches(0))
     assert {it.sample.id for it in items} == {"m000", "m001", "m002"}
     s = run.step(items, 0)
     assert s["reward_unscored"] == 2  # both completions of m000, counted

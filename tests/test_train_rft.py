@@ -31,18 +31,19 @@ def sft_dir(tmp_path_factory) -> Path:
     return d
 
 
-def make_cfg(sft_dir: Path, out: Path, lora: bool = True, **train) -> RFTConfig:
+def make_cfg(sft_dir: Path, out: Path, lora: bool = True, forward_prompts: int | None = 1,
+             **train) -> RFTConfig:  # fmt: skip
     root, _ = mf.dataset()
     return RFTConfig.model_validate(
         {
             "model": {"path": str(sft_dir)},
             "data": {"datasets": [{"path": str(root), "split": "train"}], "shuffle_buffer": 4},
             # Short reasoning cap: a random model would ramble to the format's 256 tokens.
-            "grpo": {"group_size": 3, "temperature": 1.0, "max_reasoning_tokens": 4},
+            "grpo": {"group_size": 3, "temperature": 1.0, "max_reasoning_tokens": 4,
+                     "prompts_per_step": 2, "forward_prompts": forward_prompts},
             "reward": {"functions": [{"name": "ade"}]},
             "optim": {"lr": 5e-3},
-            "train": {"max_steps": 2, "prompts_per_step": 2, "forward_prompts": 1,
-                      "lora": {"enabled": lora}, **train},
+            "train": {"max_steps": 2, "lora": {"enabled": lora}, **train},
             "output": {"dir": str(out), "log_every": 1, "tensorboard": False, "progress": False},
         }
     )  # fmt: skip
@@ -64,12 +65,12 @@ def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str
 
 
 def test_lora_steps_move_adapters_and_keep_reference(sft_dir, tmp_path):
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
 
-    run = _Run(make_cfg(sft_dir, tmp_path / "out"))
+    run = RFT(make_cfg(sft_dir, tmp_path / "out"))
     adapters, base = snapshot(run.raw, lora=True), snapshot(run.raw, lora=False)
     assert adapters and base
-    batches = run.batches()
+    batches = run.batches(0)
     stats = [run.step(next(batches), s) for s in range(2)]
     assert changed(adapters, run.raw), "GRPO steps did not change the LoRA weights"
     assert not changed(base, run.raw), "the reference (the base weights) moved"
@@ -129,15 +130,16 @@ def test_sampled_phases():
 
 
 def test_full_finetune_keeps_reference_copy_fixed_and_clips(sft_dir, tmp_path):
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
 
     cfg = make_cfg(sft_dir, tmp_path / "out", lora=False, forward_prompts=None)
     cfg.grpo.num_epochs, cfg.grpo.clip_eps = 2, 1e-3
     cfg.grpo.constrained_logprobs = False
-    run = _Run(cfg)
+    cfg.optim.lr = 1e-4  # a whole model at the LoRA lr (5e-3) diverges in its second update
+    run = RFT(cfg)
     assert run.ref is not None and run.ref is not run.raw
     policy, ref = snapshot(run.raw), snapshot(run.ref)
-    s = run.step(next(run.batches()), 0)
+    s = run.step(next(run.batches(0)), 0)
     assert changed(policy, run.raw)
     assert not changed(ref, run.ref)
     assert not any(p.requires_grad for p in run.ref.parameters())
@@ -155,7 +157,7 @@ def test_train_rft_checkpoint_loads_and_resumes(sft_dir, tmp_path):
     assert res.steps == 1 and res.checkpoint is not None
     assert load_adapter(res.checkpoint), "the LoRA adapter is kept for resuming"
     merged = AutoVLA.from_pretrained(res.checkpoint)
-    assert merged.info["stage"] == "rft"
+    assert merged.info["training"]["stage"] == "rft" and merged.info["system"] == "dual"
     sft = AutoVLA.from_pretrained(sft_dir)
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
     w_sft, w_rft = dict(sft.model.named_parameters())[q], dict(merged.model.named_parameters())[q]
@@ -168,10 +170,13 @@ def test_train_rft_checkpoint_loads_and_resumes(sft_dir, tmp_path):
     res2 = train_rft(make_cfg(sft_dir, out, max_steps=2, forward_prompts=None))
     assert res2.steps == 2 and len(res2.history) == 1  # one new step, not two
     assert load_trainer_state(res2.checkpoint)["step"] == 2
-    # a spent wall-clock budget stops before sampling and keeps the last checkpoint
+    # a spent wall-clock budget stops before sampling and keeps the last checkpoint, which
+    # now says how the run ended
     res3 = train_rft(make_cfg(sft_dir, out, max_steps=5, max_minutes=1e-9, forward_prompts=None))
-    assert res3.steps == 2 and not res3.history
-    assert load_trainer_state(res3.checkpoint)["step"] == 2
+    assert res3.steps == 2 and not res3.history and res3.stopped_by == "time"
+    state = load_trainer_state(res3.checkpoint)
+    assert state["step"] == 2 and state["stopped_by"] == "time"
+    assert AutoVLA.from_pretrained(res3.checkpoint).info["training"]["stopped_by"] == "time"
 
 
 def test_config_errors_and_defaults(tmp_path):
@@ -204,22 +209,23 @@ def test_closed_loop_reward_replays_embedded_world_samples():
 
 
 def test_sharded_launch_is_refused_before_loading(sft_dir, tmp_path, monkeypatch):
+    import autovla.train.loop as loop
     import autovla.train.rft as rft
 
-    monkeypatch.setattr(rft, "is_sharded", lambda acc: True)  # as under an FSDP config
+    monkeypatch.setattr(loop, "is_sharded", lambda acc: True)  # as under an FSDP config
     with pytest.raises(ValueError, match="runs on DDP"):
-        rft._Run(make_cfg(sft_dir, tmp_path / "out"))
+        rft.RFT(make_cfg(sft_dir, tmp_path / "out"))
 
 
 def test_unscorable_samples_do_not_stop_training(sft_dir, tmp_path):
     """PDMS on samples without scoring data: every completion is unscored, counted, and gets
     advantage 0; the step runs (only the KL term moves nothing at step 0)."""
-    from autovla.train.rft import _Run
+    from autovla.train.rft import RFT
 
     cfg = make_cfg(sft_dir, tmp_path / "out")
     cfg.reward.functions = [RewardFunctionConfig(name="pdms")]
-    run = _Run(cfg)
-    s = run.step(next(run.batches()), 0)
+    run = RFT(cfg)
+    s = run.step(next(run.batches(0)), 0)
     assert s["reward_unscored"] == s["n"] == 6 and s["reward_pdms_n"] == 0
     assert s["loss"] == pytest.approx(0.0, abs=1e-7)  # zero advantages, zero KL at step 0
 
@@ -244,15 +250,16 @@ def test_two_processes_stay_in_sync(sft_dir, tmp_path, span):
         textwrap.dedent(f"""
         import json
         import numpy as np
-        from autovla.train.rft import _Run
+        from autovla.train.rft import RFT
         from autovla.train.rft_config import RFTConfig
         cfg = RFTConfig.model_validate_json(open({str(tmp_path / "cfg.json")!r}).read())
-        run = _Run(cfg)
+        run = RFT(cfg)
         rank = run.acc.process_index
-        s = run.step(next(run.batches()), 0)
+        batches = run.batches(0)
+        s = run.step(next(batches), 0)
         lora = [p for n, p in run.raw.named_parameters() if "lora_" in n]
         total = sum(float(p.double().sum()) for p in lora)
-        ids = [it.sample.id for it in next(run.batches())]
+        ids = [it.sample.id for it in next(run.batches(0))]
         # made-up rewards: prompt j, completion k of rank r -> 10 j + 2 k + r
         G = run.local_group
         totals = np.array([10.0 * j + 2 * k + rank for j in range(2) for k in range(G)])
@@ -332,3 +339,40 @@ def test_cli_reports_missing_dataset(sft_dir, tmp_path):
     y.write_text(f"model: {{path: {sft_dir}}}\ndata: {{datasets: [{{path: {tmp_path}/nope}}]}}\n")
     res = CliRunner().invoke(app, ["train", "rft", "--config", str(y), f"output.dir={tmp_path}/o"])
     assert res.exit_code != 0 and "dataset not found" in res.output
+
+
+def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Model weights, LoRA adapter and AdamW moments of a checkpoint."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in [*ckpt.glob("model*.safetensors"), *(ckpt / "trainer").glob("*.safetensors")]:
+        if f.name != "rng.safetensors":
+            out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(sft_dir, tmp_path, lora):
+    """1 step, then resume for the 2nd = 2 steps straight, to the bit: sampling seeds, LoRA
+    dropout (the restored RNG), the data position and the AdamW moments all carry over."""
+    from autovla.train.rft import train_rft
+
+    cfgs = [make_cfg(sft_dir, tmp_path / name, max_steps=n, lora=lora, forward_prompts=None)
+            for name, n in (("straight", 2), ("split", 1), ("split", 2))]  # fmt: skip
+    for c in cfgs:
+        c.optim.lr = 5e-3 if lora else 1e-4  # a whole model diverges at the LoRA lr
+        c.train.lora.dropout = 0.5 if lora else 0.1  # dropout draws from the restored RNG
+    straight = train_rft(cfgs[0])
+    first = train_rft(cfgs[1])
+    assert first.checkpoint.name == "step-00000001"
+    resumed = train_rft(cfgs[2])
+    assert resumed.steps == straight.steps == 2
+    a, b = _tensors(straight.checkpoint), _tensors(resumed.checkpoint)
+    assert a.keys() == b.keys() and any("exp_avg" in k for k in a)
+    assert any("adapter" in k for k in a) == lora
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, differ[:5]
+    moved = _tensors(first.checkpoint)
+    assert any(not torch.equal(moved[k], a[k]) for k in a if "exp_avg" in k)  # step 2 counted

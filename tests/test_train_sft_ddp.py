@@ -24,7 +24,10 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
         pytest.skip("accelerate / autovla scripts not installed in this environment")
     out = tmp_path / "ddp"
     cfg = write_config(
-        tmp_path / "ddp.yaml", out, train={"max_steps": 2, "grad_accum": 2, "torch_threads": 1}
+        tmp_path / "ddp.yaml",
+        out,
+        train={"max_steps": 2, "torch_threads": 1},
+        sft={"grad_accum": 2},
     )
     cmd = [
         str(launcher),

@@ -61,14 +61,8 @@ def write_config(path: Path, out: Path, **sections) -> Path:
         "model": {"path": str(ws / "model")},
         "data": {"datasets": [{"path": str(ws / "ds")}], "num_workers": 0},
         "optim": {"lr": 1.0e-3, "warmup_steps": 1},
-        "loss": {"lambda_cot": 2.0},
-        "train": {
-            "max_steps": 2,
-            "batch_size": 2,
-            "grad_accum": 1,
-            "device": "cpu",
-            "freeze_vision": True,
-        },
+        "sft": {"lambda_cot": 2.0, "batch_size": 2, "grad_accum": 1},
+        "train": {"max_steps": 2, "device": "cpu", "freeze_vision": True},
         "output": {"dir": str(out), "progress": False, "log_every": 1},
     }
     for key, value in sections.items():

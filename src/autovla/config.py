@@ -32,9 +32,9 @@ def short_repr(value: Any) -> str:
 
 
 class StrictModel(BaseModel):
-    """Base for configs: unknown keys are errors, assignments are validated."""
+    """Base for configs: unknown keys, NaN and infinities are errors; assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):

@@ -112,7 +112,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "model": {"preset": "tiny", "codebook": str(codebook), "seed": cfg.seed},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
                 "val": {"datasets": [{"path": str(data), "split": "val"}]},
-                "train": {"max_steps": cfg.sft_steps, "batch_size": cfg.sft_batch},
+                "sft": {"batch_size": cfg.sft_batch},
+                "train": {"max_steps": cfg.sft_steps},
                 "output": {"dir": str(sft_dir)},
             },
         )
@@ -124,8 +125,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "inherit": str(recipe_path("tiny-rft.yaml")),
                 "model": {"path": str(sft_model)},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
-                "train": {"max_steps": cfg.rft_steps, "prompts_per_step": cfg.rft_prompts},
-                "grpo": {"group_size": cfg.rft_group},
+                "train": {"max_steps": cfg.rft_steps},
+                "grpo": {"group_size": cfg.rft_group, "prompts_per_step": cfg.rft_prompts},
                 "output": {"dir": str(rft_dir)},
             },
         )
@@ -296,9 +297,11 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         write_json(out / STATE_FILE, state)
         elapsed = time.perf_counter() - t_start
         echo(f"  finished in {seconds:.0f} s (demo so far {elapsed / 60:.1f} min)")
-    from autovla.demo_report import headline_rows, write_demo_report
+    from autovla.demo_report import headline_rows, training_lines, write_demo_report
 
     report = write_demo_report(out, stages, cfg)
+    for line in training_lines(out):
+        echo(line)
     echo("")
     echo(f"autovla demo - {cfg.label}")
     for line in headline_rows(out, stages):

@@ -51,6 +51,25 @@ def headline_rows(out: Path, stages=None) -> list[str]:
     return lines
 
 
+STOPPED = {
+    "steps": "all steps done",
+    "time": "stopped early by the time budget (train.max_minutes)",
+    "interrupt": "interrupted",
+}
+
+
+def training_lines(out: Path) -> list[str]:
+    """How each training stage ended, from the metadata of its final checkpoint."""
+    lines = []
+    for stage in ("sft", "rft"):
+        info = out / stage / "final" / "autovla.json"
+        t = json.loads(info.read_text()).get("training") if info.is_file() else None
+        if t:
+            how = STOPPED.get(t.get("stopped_by"), "stopped")
+            lines.append(f"{stage}: step {t['step']} of {t['max_steps']}, {how}")
+    return lines
+
+
 def _scenario_chart(out: Path) -> str | None:
     plt = pyplot()
     per: dict[str, dict[str, float]] = {}
@@ -99,12 +118,14 @@ def write_demo_report(out: Path, stages, cfg) -> Path:
         f"<li><code>autovla {html.escape(' '.join(s.args))}</code></li>" for s in stages
     )
     chart = _scenario_chart(out) or ""
+    training = "".join(f"<li>{html.escape(line)}</li>" for line in training_lines(out))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autovla demo</title>
 <style>{CSS}</style></head><body>
 <h1>autovla demo: {html.escape(cfg.label)}</h1>
 <p>Embedded driving world, tiny Qwen2.5-VL-shaped model. Open loop on the test split;
 closed loop in fresh scenarios.</p>
 <h2>Headline</h2><table><tr>{head}</tr>{body}</table>
+<h2>Training</h2><ul>{training}</ul>
 <h2>PDMS per scenario type</h2>{chart}
 <h2>Detailed reports</h2><ul>{links}</ul>
 <h2>What ran</h2><ol>{steps}</ol>

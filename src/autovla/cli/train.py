@@ -1,8 +1,10 @@
-"""`autovla train ...`: fine-tuning commands (SFT here; RFT is added beside it)."""
+"""`autovla train sft|rft`: fine-tuning commands, one training loop (autovla.train.loop)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,6 +26,20 @@ def load_run_config(cls: type, config: Path, overrides: list[str] | None):
         raise fail(str(e)) from None
 
 
+def _train(train: Any, cfg: Any) -> Any:
+    """Run a stage (failures go to the root group's error policy); a signal that stopped it
+    gives the usual exit code, 128 + the signal's number."""
+    result = train(cfg)
+    if result.interrupted:
+        if result.is_main:
+            console.print(f"interrupted at step {result.steps}; resume with the same command")
+        sig = signal.Signals[result.signal] if result.signal else signal.SIGINT
+        raise typer.Exit(128 + sig.value)
+    if result.is_main and result.stopped_by == "time":
+        console.print(f"stopped by train.max_minutes at step {result.steps}; rerun to continue")
+    return result
+
+
 @app.command("sft")
 def sft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
     """Supervised fine-tuning with dual thinking (or action-only); resumes when interrupted.
@@ -34,30 +50,9 @@ def sft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_AR
     from autovla.train.config import SFTConfig
 
     cfg = load_run_config(SFTConfig, config, overrides)
-    from autovla.data.manifest import ManifestError
-    from autovla.model.checkpoint import CheckpointError
-    from autovla.tokenizer import CodebookError
-    from autovla.train.data import EmptyDatasetError
-    from autovla.train.model_setup import CodebookMismatchError
-    from autovla.train.sft import SFTDataError, train_sft
+    from autovla.train.sft import train_sft
 
-    user_errors = (
-        EmptyDatasetError,
-        SFTDataError,
-        CodebookMismatchError,
-        CodebookError,
-        CheckpointError,
-        ManifestError,
-        FileNotFoundError,
-    )
-    try:
-        result = train_sft(cfg)
-    except user_errors as e:
-        raise fail(str(e)) from None
-    if result.interrupted:
-        if result.is_main:
-            console.print(f"interrupted at step {result.steps}; resume with the same command")
-        raise typer.Exit(130)
+    result = _train(train_sft, cfg)
     if not result.is_main:
         return
     if result.val:
@@ -81,24 +76,11 @@ def rft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_AR
     from autovla.train.rft_config import RFTConfig
 
     cfg = load_run_config(RFTConfig, config, overrides)
-    from autovla.data.manifest import ManifestError
-    from autovla.model.checkpoint import CheckpointError
-    from autovla.tokenizer import CodebookError
-    from autovla.train.data import EmptyDatasetError
-    from autovla.train.model_setup import CodebookMismatchError
     from autovla.train.rft import train_rft
 
-    user_errors = (
-        EmptyDatasetError, CodebookMismatchError, CodebookError, CheckpointError,
-        ManifestError, FileNotFoundError,
-    )  # fmt: skip
-    try:
-        result = train_rft(cfg)
-    except user_errors as e:
-        raise fail(str(e)) from None
-    if result.interrupted:
-        console.print(f"interrupted at step {result.steps}; resume with the same command")
-        raise typer.Exit(130)
+    result = _train(train_rft, cfg)
+    if not result.is_main:
+        return
     m = result.train
     if m:
         terms = ", ".join(

@@ -2,23 +2,28 @@
 
     <out>/checkpoints/step-00000100/      loadable with AutoVLA.from_pretrained
         ...model files...
-        trainer/state.json                step, samples consumed, world size, python/numpy RNG
-        trainer/optimizer.safetensors     optimiser tensors  (+ optimizer.json: the rest)
+        trainer/state.json                stage, step, samples seen, how the run stopped,
+                                          config, world size, python/numpy RNG
+        trainer/optimizer.safetensors     AdamW moments by parameter name (+ optimizer.json)
         trainer/rng.safetensors           torch CPU (and CUDA) generator states
         trainer/adapter.safetensors       LoRA weights (only with LoRA)
 
-No pickle: tensors go to safetensors, everything else to JSON. A checkpoint is written under a
-temporary name and renamed, so a crash or Ctrl-C never leaves a half-written one that looks
-complete; `latest_checkpoint` only considers directories with trainer/state.json.
+No pickle: tensors go to safetensors, everything else to JSON. The optimiser state goes through
+torch.distributed.checkpoint's state-dict API, so FSDP runs keep it too. A checkpoint is
+written under a temporary name, fsynced and renamed, so a crash or a kill never leaves a
+half-written one that looks complete; `latest_checkpoint` only considers directories with
+trainer/state.json, and the next run removes the temporary leftovers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,9 @@ from autovla.io import read_json, write_json
 
 TRAINER_DIR = "trainer"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_TEMP_RE = re.compile(r"^\.step-\d+\.(tmp|old)-(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -55,15 +62,38 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 # --- optimiser state <-> safetensors + JSON ----------------------------------------------------
+OPTIMIZER_FORMAT = 2  # keyed by parameter name (format 1, by position, is not read any more)
+
+
+def gather_optimizer_state(model: Any, optimizer: Any, sharded: bool) -> dict[str, Any]:
+    """The optimiser state keyed by parameter name, through torch.distributed.checkpoint's
+    state-dict API, which gathers FSDP shards: call on every process. With `sharded` only
+    the main process gets the state (on the CPU); the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=sharded, cpu_offload=sharded)
+    return get_optimizer_state_dict(model, optimizer, options=opts)
+
+
 def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser state_dict into tensors (safetensors) and plain data (JSON)."""
+    """Split an optimiser state dict into tensors (safetensors) and plain data (JSON)."""
     tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    plain: dict[str, Any] = {
+        "format": OPTIMIZER_FORMAT,
+        "param_groups": state["param_groups"],
+        "state": {},
+    }
+    storages: set[int] = set()
     for pid, entry in state["state"].items():
         meta = {}
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
+                value = value.detach().cpu().contiguous()
+                ptr = value.untyped_storage().data_ptr()
+                if ptr in storages:  # gathered FSDP states can be views of one buffer
+                    value = value.clone()
+                storages.add(ptr)
+                tensors[f"{pid}.{name}"] = value
                 meta[name] = "tensor"
             else:
                 meta[name] = value
@@ -72,13 +102,19 @@ def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for pid, meta in plain["state"].items():
-        state[int(pid)] = {
+    state = {
+        pid: {
             name: tensors[f"{pid}.{name}"] if value == "tensor" else value
             for name, value in meta.items()
         }
-    return {"state": state, "param_groups": plain["param_groups"]}
+        for pid, meta in plain["state"].items()
+    }
+    # JSON turned tuples (AdamW's betas) into lists
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in plain["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -108,25 +144,57 @@ def save_checkpoint(
     root: str | os.PathLike,
     step: int,
     save_model: Callable[[Path], Any],
-    optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict[str, Any] | None,
     state: dict[str, Any],
     adapter: dict[str, torch.Tensor] | None = None,
     keep_last: int | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `root` (model via `save_model(dir)`); returns its path."""
-    from safetensors.torch import save_file
+    """Write checkpoint `step` under `root` (model via `save_model(dir)`); returns its path.
 
+    Everything is written under a temporary name, fsynced, renamed into place and the folder
+    fsynced, before older checkpoints are rotated away: a crash at any point leaves the
+    previous complete checkpoint. Main process only (gather the optimiser state first).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        _write_into(tmp, step, save_model, optimizer_state, state, adapter)
+    except BaseException:  # a full disk, Ctrl-C: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():  # the same step again: set the old one aside until the new one is in
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if keep_last:
+        for _, stale in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write_into(
+    tmp: Path,
+    step: int,
+    save_model: Callable[[Path], Any],
+    optimizer_state: dict[str, Any] | None,
+    state: dict[str, Any],
+    adapter: dict[str, torch.Tensor] | None,
+) -> None:
+    from safetensors.torch import save_file
+
     save_model(tmp)
     tdir = tmp / TRAINER_DIR
     tdir.mkdir(parents=True, exist_ok=True)
-    if optimizer is not None:  # None: sharded runs (FSDP/DeepSpeed) keep no optimiser state
-        tensors, plain = optimizer_to_flat(optimizer.state_dict())
+    if optimizer_state is not None:
+        tensors, plain = optimizer_to_flat(optimizer_state)
         save_file(tensors, str(tdir / "optimizer.safetensors"))
         write_json(tdir / "optimizer.json", plain)
     save_file(_rng_tensors(), str(tdir / "rng.safetensors"))
@@ -137,13 +205,85 @@ def save_checkpoint(
         )
     # state.json last: its presence marks the checkpoint complete.
     write_json(tdir / STATE_FILE, {**state, "step": step, "rng": _python_numpy_rng()})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep_last:
-        for _, old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    _fsync_tree(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root` to disk (model savers do not fsync)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
+
+
+def remove_stale_temps(root: str | os.PathLike, every: bool = True) -> list[Path]:
+    """Remove what killed saves left under `root` (`.step-N.tmp-PID`, `.step-N.old-PID`).
+
+    `every`: all of them, for a caller that holds the output folder's lock (no save can be in
+    progress); otherwise only those whose process is gone from this machine.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    stale = []
+    for d in root.iterdir():
+        m = _TEMP_RE.match(d.name)
+        if m and d.is_dir() and (every or not _alive(int(m.group(2)))):
+            shutil.rmtree(d, ignore_errors=True)
+            stale.append(d)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class OutputDirError(ValueError):
+    """An output folder a run cannot use: another run holds it, or it holds another run."""
+
+
+@contextlib.contextmanager
+def lock_output_dir(out: str | os.PathLike) -> Iterator[bool]:
+    """Hold an exclusive lock on `out` for a run, so a second run on the same folder fails at
+    once instead of interleaving checkpoints. The lock dies with its process (flock): a killed
+    run never leaves the folder locked. Yields False where the file system has no locks."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a+", encoding="utf-8") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise OutputDirError(
+                f"{out}: another run is using this output folder (process {holder}); "
+                "wait for it or set output.dir to another folder"
+            ) from None
+        except (ImportError, OSError):  # no flock here (another platform, some network disks)
+            yield False
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{socket.gethostname()}:{os.getpid()}\n")
+        f.flush()
+        yield True
 
 
 def load_trainer_state(ckpt: str | os.PathLike) -> dict[str, Any]:
@@ -155,20 +295,32 @@ def load_trainer_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     return read_json(path)
 
 
-def restore_optimizer(ckpt: str | os.PathLike, optimizer: torch.optim.Optimizer) -> bool:
-    """Load the saved optimiser state; False when the checkpoint holds none."""
+def restore_optimizer(
+    ckpt: str | os.PathLike, model: Any, optimizer: Any, sharded: bool, is_main: bool
+) -> bool:
+    """Load the saved optimiser state into `optimizer` (of the prepared `model`), through
+    torch.distributed.checkpoint's state-dict API: call on every process. With `sharded` the
+    main process reads the file and the state is scattered to the shards. False when the
+    checkpoint holds no state in the current format (the moments then start afresh)."""
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     tdir = Path(ckpt) / TRAINER_DIR
-    if not (tdir / "optimizer.json").is_file():
+    meta = tdir / "optimizer.json"
+    if not meta.is_file():
         return False
-    plain = read_json(tdir / "optimizer.json")
-    tensors = load_file(str(tdir / "optimizer.safetensors"))
+    plain = read_json(meta)
+    if plain.get("format") != OPTIMIZER_FORMAT:
+        return False
+    loaded: dict[str, Any] = {}
+    if is_main or not sharded:
+        loaded = optimizer_from_flat(load_file(str(tdir / "optimizer.safetensors")), plain)
+    opts = StateDictOptions(full_state_dict=sharded, broadcast_from_rank0=sharded)
     try:
-        loaded = optimizer_from_flat(tensors, plain)
-        _check_shapes(loaded, optimizer)
-        optimizer.load_state_dict(loaded)
-    except (ValueError, KeyError) as e:
+        set_optimizer_state_dict(model, optimizer, loaded, options=opts)
+        if not sharded:
+            _check_shapes(model, optimizer)
+    except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(
             f"{ckpt}: optimiser state does not fit this run (were other parameters frozen or "
             f"LoRA toggled?): {e}"
@@ -176,20 +328,15 @@ def restore_optimizer(ckpt: str | os.PathLike, optimizer: torch.optim.Optimizer)
     return True
 
 
-def _check_shapes(loaded: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
-    """torch checks only group sizes; per-parameter tensors must also have the right shapes."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    saved = [i for g in loaded["param_groups"] for i in g["params"]]
-    if len(saved) != len(params):
-        raise ValueError(f"{len(saved)} saved parameters, {len(params)} in the optimiser")
-    index = {pid: n for n, pid in enumerate(saved)}
-    for pid, entry in loaded["state"].items():
-        shape = params[index[pid]].shape
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != shape:
+def _check_shapes(model: Any, optimizer: Any) -> None:
+    """torch checks names, not shapes: every moment must have its parameter's shape."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, entry in optimizer.state.items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != p.shape:
                 raise ValueError(
-                    f"state {name!r} of parameter {pid}: shape "
-                    f"{tuple(value.shape)} vs parameter {tuple(shape)}"
+                    f"state {key!r} of parameter {names.get(id(p), '?')}: shape "
+                    f"{tuple(value.shape)} vs parameter {tuple(p.shape)}"
                 )
 
 

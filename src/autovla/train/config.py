@@ -1,17 +1,28 @@
-"""The typed SFT run config: model, data, optimiser, loop, outputs. CPU defaults throughout.
+"""The typed training configs: shared sections, plus one section per stage. CPU defaults.
 
-YAML recipes in `configs/` override these; `autovla train sft --config F key.sub=value`
-overrides further. Unknown keys are errors (StrictModel).
+    model / data / optim / train / output    every stage (RunConfig)
+    sft + val                                 supervised fine-tuning (SFTConfig)
+    grpo + reward                             reinforcement fine-tuning (RFTConfig, rft_config.py)
+
+A stage changes the defaults of the shared sections through `stage_defaults` (RFT: LoRA on,
+lr 3e-5, no warm-up; docs/method.md section 4), never through a parallel class hierarchy.
+YAML recipes in `configs/` override the defaults; `autovla train sft|rft --config F
+key.sub=value` overrides further. Unknown keys, NaN and infinities are errors (StrictModel).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from autovla.config import StrictModel
+from autovla.config import StrictModel, deep_merge
+from autovla.model.prompts import SystemKind
+
+# numpy's legacy seeding (which accelerate's set_seed calls) takes 0 <= seed < 2**32
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 <= seed < 2**32")]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ModelSource(StrictModel):
@@ -37,7 +48,7 @@ class ModelSource(StrictModel):
         description="codebook file; builds the model's action tokens (preset or pretrained "
         "weights), or must match the codebook of an AutoVLA `path`",
     )
-    seed: int = 0
+    seed: Seed = 0
     action_init: Literal["mean", "geometry"] = Field(
         default="mean",
         description="new action-token rows: mean of the existing rows, or a geometric prior "
@@ -71,18 +82,6 @@ class DataConfig(StrictModel):
     prefetch_factor: int = Field(default=2, ge=1)
 
 
-class ValConfig(StrictModel):
-    datasets: list[DatasetEntry] = Field(default_factory=list)
-    every: int = Field(default=0, ge=0, description="validate every N optimiser steps; 0 = end")
-    max_samples: int = Field(default=32, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    at_end: bool = True
-    action_choice: Literal["argmax", "expected"] = Field(
-        default="argmax",
-        description="greedy action tokens of the validation plans (autovla.model.planner)",
-    )
-
-
 class LoraConfig(StrictModel):
     enabled: bool = False
     r: int = Field(default=8, ge=1)
@@ -94,9 +93,11 @@ class LoraConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
+    """AdamW and the schedule: linear warm-up, then x gamma every decay_every steps."""
+
     lr: float = Field(default=2e-5, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     warmup_steps: int = Field(default=500, ge=0)
     decay_every: int = Field(default=2000, ge=1, description="multiply lr by gamma every N steps")
@@ -104,7 +105,91 @@ class OptimConfig(StrictModel):
     clip_grad_norm: float | None = Field(default=1.0, gt=0)
 
 
-class LossConfig(StrictModel):
+class TrainConfig(StrictModel):
+    """The loop every stage shares: budget, devices, what is trained, guards."""
+
+    max_steps: int = Field(default=100, ge=1, description="optimiser steps (sft.epochs sets it)")
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="stop (with a checkpoint) after this much training time"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu"] = "auto"
+    freeze_vision: bool = True
+    freeze_language: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seed: Seed = 0
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per process")
+    max_bad_steps: int = Field(
+        default=0,
+        ge=0,
+        description="optimiser updates with a non-finite loss or gradient that are skipped "
+        "(weights untouched) before the run stops with an error; 0 = stop at the first",
+    )
+
+
+class OutputConfig(StrictModel):
+    dir: str = "runs/sft"
+    save_every: int = Field(default=0, ge=0, description="checkpoint every N steps; 0 = end only")
+    keep_last: int = Field(default=2, ge=1, description="checkpoints to keep")
+    log_every: int = Field(default=10, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+    resume: bool = Field(default=True, description="continue from the last checkpoint in dir")
+
+    @field_validator("dir")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("output.dir is empty: name the folder the run writes to")
+        return v
+
+
+class RunConfig(StrictModel):
+    """What every training stage shares; a stage adds its own sections."""
+
+    stage: ClassVar[str]
+    stage_defaults: ClassVar[dict[str, Any]] = {}
+
+    model: ModelSource
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults(cls, data: Any) -> Any:
+        return deep_merge(cls.stage_defaults, data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _check_trainable(self) -> RunConfig:
+        if not self.data.datasets:
+            raise ValueError("data.datasets is empty: give at least one training dataset")
+        t = self.train
+        if t.freeze_vision and t.freeze_language and not t.lora.enabled:
+            raise ValueError(
+                "train.freeze_vision and train.freeze_language both set without LoRA: "
+                "nothing would be trained"
+            )
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+
+class SFTSection(StrictModel):
+    """Supervised fine-tuning: the answers trained on, the batch, the loss weights."""
+
+    variant: SystemKind = Field(
+        default="dual", description="dual thinking, or action-only (no reasoning at all)"
+    )
+    epochs: float | None = Field(default=None, gt=0, description="if set, sets train.max_steps")
+    batch_size: int = Field(default=1, ge=1, description="per process, per micro-batch")
+    grad_accum: int = Field(default=4, ge=1, description="micro-batches per optimiser step")
     lambda_cot: float = Field(default=40.0, gt=0, description="weight of samples with reasoning")
     lambda_a: float = Field(default=1.0, ge=0, description="weight of the action-token term")
     action_sigma: float = Field(
@@ -121,66 +206,22 @@ class LossConfig(StrictModel):
     )
 
 
-class TrainConfig(StrictModel):
-    variant: Literal["dual", "action_only"] = Field(
-        default="dual", description="dual thinking, or action-only (no reasoning at all)"
+class ValConfig(StrictModel):
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    every: int = Field(default=0, ge=0, description="validate every N optimiser steps; 0 = end")
+    max_samples: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    at_end: bool = True
+    action_choice: Literal["argmax", "expected"] = Field(
+        default="argmax",
+        description="greedy action tokens of the validation plans (autovla.model.planner)",
     )
-    max_steps: int = Field(default=100, ge=1, description="optimiser steps (ignored with epochs)")
-    epochs: float | None = Field(default=None, gt=0, description="if set, sets max_steps")
-    max_minutes: float | None = Field(
-        default=None, gt=0, description="stop (with a checkpoint) after this much training time"
-    )
-    batch_size: int = Field(default=1, ge=1, description="per process, per micro-batch")
-    grad_accum: int = Field(default=4, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
-    )
-    device: Literal["auto", "cpu"] = "auto"
-    freeze_vision: bool = True
-    freeze_language: bool = False
-    gradient_checkpointing: bool = False
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    seed: int = 0
-    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per process")
 
 
-class OutputConfig(StrictModel):
-    dir: str = "runs/sft"
-    save_every: int = Field(default=0, ge=0, description="checkpoint every N steps; 0 = end only")
-    keep_last: int = Field(default=2, ge=1, description="checkpoints to keep")
-    log_every: int = Field(default=10, ge=1)
-    tensorboard: bool = True
-    progress: bool = True
-    resume: bool = Field(default=True, description="continue from the last checkpoint in dir")
-
-
-def check_trainable(data: DataConfig, train) -> None:
-    """The checks every training run shares: some data, and something left to train."""
-    if not data.datasets:
-        raise ValueError("data.datasets is empty: give at least one training dataset")
-    if train.freeze_vision and train.freeze_language and not train.lora.enabled:
-        raise ValueError(
-            "train.freeze_vision and train.freeze_language both set without LoRA: "
-            "nothing would be trained"
-        )
-
-
-class SFTConfig(StrictModel):
+class SFTConfig(RunConfig):
     """One SFT run."""
 
-    model: ModelSource
-    data: DataConfig = Field(default_factory=DataConfig)
+    stage: ClassVar[str] = "sft"
+
+    sft: SFTSection = Field(default_factory=SFTSection)
     val: ValConfig = Field(default_factory=ValConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-
-    @model_validator(mode="after")
-    def _check(self) -> SFTConfig:
-        check_trainable(self.data, self.train)
-        return self
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.output.dir)

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,20 @@ class Item:
     sample: DrivingSample
     root: str
     source: int  # index of the dataset it came from
+
+
+def sources_of(entries: Sequence[Any]) -> list[Source]:
+    """Config dataset entries (path, weight, split) as stream sources."""
+    return [Source(e.path, e.weight, e.split) for e in entries]
+
+
+def check_sources(sources: Sequence[Source]) -> None:
+    """Every dataset exists and has a sample in its split: checked before a slow model load."""
+    for s in sources:
+        if not Path(s.path).exists():
+            raise FileNotFoundError(f"dataset not found: {s.path}")
+        if next(iter(iter_samples(s.path, s.split)), None) is None:
+            raise EmptyDatasetError(f"dataset {_describe(s)} has no samples")
 
 
 def _describe(src: Source) -> str:
@@ -174,6 +189,8 @@ def load_items(sources: Sequence[Source], limit: int, seed: int = 0) -> list[Ite
 def worker_init(_: int) -> None:
     # Workers decode images and run the codebook; one thread each avoids oversubscription.
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: only the main process reacts (it writes the
-    # checkpoint and then shuts the workers down), so a worker never dies first.
+    # Ctrl-C reaches the whole process group, and SLURM signals every process of a job: only
+    # the main process reacts (it writes the checkpoint and then shuts the workers down), so
+    # a worker never dies first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,5 +1,5 @@
-"""Process-level helpers shared by the trainers: the accelerator, cross-process metric
-reduction, the replica check and a wall-clock budget all processes agree on."""
+"""Process-level helpers of the training loop: the accelerator, decisions all processes agree
+on (a time budget, a signal, a bad step), and the replica check."""
 
 from __future__ import annotations
 
@@ -19,31 +19,29 @@ def is_sharded(acc: Any) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def make_accelerator(device: str, precision: str, grad_accum: int) -> Any:
-    """CPU (fp32 unless asked) when there is no GPU or device='cpu'; bf16 on GPU by default."""
+def make_accelerator(device: str, precision: str) -> Any:
+    """CPU (fp32 unless asked) when there is no GPU or device='cpu'; bf16 on GPU by default.
+    Gradient accumulation is the stages' own (explicit loss scaling and `no_sync`)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
     precision = {"auto": "no" if cpu else "bf16", "fp32": "no", "bf16": "bf16"}[precision]
-    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum)
+    # accelerate keeps one precision and device per process: a second run in the same process
+    # (the demo, a notebook) that wants others starts from a fresh state
+    old = AcceleratorState._shared_state
+    if old and (old.get("_mixed_precision") != precision or (cpu and old["device"].type != "cpu")):
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=precision)
 
 
-def summarise(window: list[dict[str, torch.Tensor]], acc: Any, accum: int) -> dict[str, float]:
-    keys = ("loss", "lm", "action", "correct", "total", "slow", "n")
-    total = {k: sum(w[k] for w in window) for k in keys}
-    stacked = torch.stack([total[k].float() for k in keys])
-    stacked = acc.reduce(stacked, reduction="sum")  # over processes
-    t = dict(zip(keys, stacked.tolist(), strict=True))
-    micro = len(window) * accum * acc.num_processes
-    return {
-        "loss": t["loss"] / micro,
-        "lm_loss": t["lm"] / micro,
-        "action_loss": t["action"] / micro,
-        "act_acc": t["correct"] / max(t["total"], 1.0),
-        "slow_frac": t["slow"] / max(t["n"], 1.0),
-        "grad_norm": float(window[-1]["grad_norm"]),
-        "lr": float(window[-1]["lr"]),
-    }
+def agree(acc: Any, flags: list[bool]) -> list[bool]:
+    """Each flag true on every process when it is true on any, so that all processes take the
+    same branch (stop, skip a step) and none waits alone in a collective."""
+    if acc.num_processes < 2:
+        return list(flags)
+    local = torch.tensor([float(f) for f in flags], device=acc.device)
+    return [bool(x > 0) for x in acc.reduce(local, reduction="sum").tolist()]
 
 
 def parameter_checksum(model: Any) -> float:
@@ -68,12 +66,6 @@ def check_replicas(acc: Any, model: Any, out_dir: Path) -> None:
         write_json(out_dir / REPLICA_FILE, {"checksums": sums, "identical": len(set(sums)) == 1})
 
 
-def out_of_time(acc: Any, t_start: float, max_minutes: float | None) -> bool:
-    """Wall-clock budget check that all processes agree on (so none waits in a collective)."""
-    if max_minutes is None:
-        return False
-    late = (time.perf_counter() - t_start) / 60.0 >= max_minutes
-    if acc.num_processes > 1:
-        flag = acc.reduce(torch.tensor([float(late)], device=acc.device), reduction="sum")
-        late = bool(flag.item() > 0)
-    return late
+def out_of_time(t_start: float, max_minutes: float | None) -> bool:
+    """This process's wall-clock budget (combine the processes' answers with `agree`)."""
+    return max_minutes is not None and (time.perf_counter() - t_start) / 60.0 >= max_minutes

@@ -1,31 +1,25 @@
-"""The typed RFT (GRPO) run config. CPU defaults; the YAML recipes in `configs/` override.
-
-Model, data, LoRA, optimiser and output sections reuse the SFT config's classes so the two
-stages read alike; only the defaults that docs/method.md section 4 sets differently are
-changed here (LoRA on, lr 3e-5, no warm-up, output dir). The GRPO and reward sections default
-to the paper's choices; each alternative is documented in its field's description.
+"""The RFT (GRPO) stage's config sections and its run config; see `train/config.py` for the
+sections every stage shares. RFT's defaults differ where docs/method.md section 4 says so:
+LoRA on, lr 3e-5, no warm-up. The GRPO and reward sections default to the paper's choices;
+each alternative is documented in its field's description.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autovla.config import StrictModel
-from autovla.train.config import (
-    DataConfig,
-    LoraConfig,
-    ModelSource,
-    OptimConfig,
-    OutputConfig,
-    check_trainable,
-)
+from autovla.train.config import RunConfig
 from autovla.train.rewards import RewardTerm, build_terms
 
 
 class GRPOConfig(StrictModel):
+    prompts_per_step: int = Field(default=2, ge=1, description="prompts per process per step (B)")
+    forward_prompts: int | None = Field(
+        default=None, ge=1, description="prompts per policy forward (memory); null = all B"
+    )
     group_size: int = Field(default=8, ge=2, description="completions sampled per prompt (G)")
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature (paper 1.0)")
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -62,9 +56,6 @@ class GRPOConfig(StrictModel):
         default=True,
         description="score tokens under the planner's constraints (the sampling distribution); "
         "false: over the whole vocabulary",
-    )
-    generator: Literal["planner"] = Field(
-        default="planner", description="sampling backend (constrained decoding of the planner)"
     )
 
     @model_validator(mode="before")
@@ -139,56 +130,15 @@ class RewardConfig(StrictModel):
         return build_terms([(f.name, f.weight, f.params) for f in self.functions], self.allow_code)
 
 
-class RFTLoraConfig(LoraConfig):
-    enabled: bool = True  # docs/method.md section 4: LoRA r=8, alpha=8, dropout 0.1 on q/k/v/o
-
-
-class RFTOptimConfig(OptimConfig):
-    lr: float = Field(default=3e-5, gt=0)
-    warmup_steps: int = Field(default=0, ge=0)
-
-
-class RFTTrainConfig(StrictModel):
-    max_steps: int = Field(default=100, ge=1, description="sampled batches (each: B prompts x G)")
-    max_minutes: float | None = Field(
-        default=None, gt=0, description="stop (with a checkpoint) after this much training time"
-    )
-    prompts_per_step: int = Field(default=2, ge=1, description="prompts per process per step (B)")
-    forward_prompts: int | None = Field(
-        default=None, ge=1, description="prompts per policy forward (memory); null = all B"
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 on GPU, fp32 on CPU"
-    )
-    device: Literal["auto", "cpu"] = "auto"
-    freeze_vision: bool = True
-    freeze_language: bool = False
-    gradient_checkpointing: bool = False
-    lora: RFTLoraConfig = Field(default_factory=RFTLoraConfig)
-    seed: int = 0
-    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per process")
-
-
-class RFTOutputConfig(OutputConfig):
-    dir: str = "runs/rft"
-
-
-class RFTConfig(StrictModel):
+class RFTConfig(RunConfig):
     """One RFT run: start from an SFT model directory (`model.path`)."""
 
-    model: ModelSource
-    data: DataConfig = Field(default_factory=DataConfig)
+    stage: ClassVar[str] = "rft"
+    stage_defaults: ClassVar[dict[str, Any]] = {
+        "optim": {"lr": 3e-5, "warmup_steps": 0},
+        "train": {"lora": {"enabled": True}},  # r=8, alpha=8, dropout 0.1 on q/k/v/o
+        "output": {"dir": "runs/rft"},
+    }
+
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    optim: RFTOptimConfig = Field(default_factory=RFTOptimConfig)
-    train: RFTTrainConfig = Field(default_factory=RFTTrainConfig)
-    output: RFTOutputConfig = Field(default_factory=RFTOutputConfig)
-
-    @model_validator(mode="after")
-    def _check(self) -> RFTConfig:
-        check_trainable(self.data, self.train)
-        return self
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.output.dir)

@@ -52,7 +52,7 @@ def run_validation(
     """Plan every item (mode 'auto' for dual thinking, 'fast' for action-only) and score."""
     from autovla.model.planner import Planner
 
-    planner = Planner(vla, action_choice=action_choice)
+    planner = Planner(vla, system=variant, action_choice=action_choice)
     mode = "auto" if variant == "dual" else "fast"
     preds, modes = [], []
     for i in range(0, len(items), batch_size):
