@@ -4,7 +4,7 @@ The wording lives in a versioned template file (`prompt_formats/<name>.yaml`), l
 `PromptFormat`; a model directory stores the format it was trained with. Training and
 inference build their text with the same functions below.
 
-Answer structure (METHOD section 2):
+Answer structure (docs/method.md section 2):
 
     think_open + (fast_line | slow_line + reasoning) + think_close
     + action_open + <action_a1>...<action_a10> + action_close
