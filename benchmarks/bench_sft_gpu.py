@@ -83,10 +83,12 @@ def main() -> None:
         vla = build_model(args.preset, codebook(2048), dtype=torch.bfloat16 if cuda else None,
                           device=device, random_weights=True)  # fmt: skip
     model = vla.model
-    model.float()  # float32 master weights; bf16 autocast does the arithmetic (as the trainer)
     ms.set_trainable(model, freeze_vision=True, freeze_language=args.lora)
     if args.lora:
         ms.apply_lora(model, LoraConfig(enabled=True))
+    # as the trainer: float32 master weights for what trains, frozen weights stay bf16; bf16
+    # autocast does the arithmetic
+    ms.master_precision(model)
     if not args.no_checkpointing:
         ms.enable_gradient_checkpointing(model)
     model.train()
