@@ -5,13 +5,13 @@
         trainer/state.json                stage, step, samples seen, how the run stopped,
                                           config, world size, python/numpy RNG
         trainer/optimizer.safetensors     AdamW moments by parameter name (+ optimizer.json)
-        trainer/optimizer/                FSDP / DeepSpeed runs instead: every process's own
-                                          slices of the moments (+ optimizer.json)
-        trainer/rng.safetensors           torch CPU (and CUDA) generator states
+        trainer/optimizer/                FSDP2 runs instead: every process's own slices of
+                                          the moments (+ optimizer.json); DeepSpeed: none
+        trainer/rng.safetensors           torch CPU (and CUDA) generator states, per process
         trainer/adapter.safetensors       LoRA weights (only with LoRA)
 
 No pickle: tensors go to safetensors, everything else to JSON. The optimiser state goes through
-torch.distributed.checkpoint's state-dict API. A sharded run does not gather it: each process
+torch.distributed.checkpoint's state-dict API. An FSDP2 run does not gather it: each process
 writes its slices with torch.distributed.checkpoint (its safetensors storage, whose files name
 the slices they hold), and a resumed run reads back the slices it needs, whatever the number
 of processes (one process, DDP or FSDP); such a checkpoint needs a folder every process can
@@ -115,7 +115,7 @@ def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
 
 
 def save_sharded_optimizer(model: Any, optimizer: Any, trainer_dir: Path, is_main: bool) -> None:
-    """FSDP / DeepSpeed: every process writes its own slices of the optimiser state into
+    """FSDP2: every process writes its own slices of the optimiser state into
     `trainer_dir/optimizer/` through torch.distributed.checkpoint (nothing is gathered);
     the main process writes optimizer.json. Call on every process, with the same folder."""
     import torch.distributed.checkpoint as dcp

@@ -286,10 +286,8 @@ class Run:
                 f"{ckpt.latest_checkpoint(self.ckroot)} is kept"
             )
         state_dict = acc.get_state_dict(self.model) if self.sharded else None  # gathered
-        optim, tmp = None, None
-        if self.deepspeed:
-            pass  # _DEEPSPEED_OPTIMIZER
-        elif self.slices:  # every process writes its slices of the optimiser state
+        optim, tmp = None, None  # DeepSpeed: no optimiser state (_DEEPSPEED_OPTIMIZER)
+        if self.slices:  # every process writes its slices of the optimiser state
             from accelerate.utils import broadcast_object_list
 
             where = [str(ckpt.temp_dir(self.ckroot, step)) if acc.is_main_process else None]
@@ -298,7 +296,7 @@ class Run:
             ckpt.save_sharded_optimizer(
                 self.model, self.optimizer.optimizer, trainer_dir, acc.is_main_process
             )
-        elif self.sharded or acc.is_main_process:  # FSDP1 gathers: every process calls
+        elif not self.deepspeed and (self.sharded or acc.is_main_process):  # FSDP1 gathers
             optim = ckpt.gather_optimizer_state(self.model, self.optimizer.optimizer, self.sharded)
         rng = [ckpt.rng_state()]
         if acc.num_processes > 1:  # every process's generators, so each resumes its own draws
