@@ -147,6 +147,7 @@ def sample_row(
         if plan.candidates is not None and len(plan.candidates):
             cand_err = M.l2_per_step(plan.candidates, np.repeat(gt[None], len(plan.candidates), 0))
             row["bestk_ade"] = float(cand_err.mean(-1).min())
+            row["candidate_ade"] = [float(v) for v in cand_err.mean(-1)]
     if scorer is not None and s.scoring is None and require_scoring:
         row["scoring_error"] = "no metric cache (field 'scoring'): the scene was not cached"
     if scorer is not None and s.scoring is not None:
@@ -166,6 +167,8 @@ def sample_row(
                 best = np.asarray(sc.pdms, dtype=np.float64)[1:]
                 if np.isfinite(best).any():
                     row["bestk_pdms"] = float(np.nanmax(best))
+                # every candidate's score, for best-of-N at any N <= K (eval/best_of_n.py)
+                row["candidate_pdms"] = [float(v) if np.isfinite(v) else None for v in best]
     if rfs is not None and s.preference is not None:
         row["rfs"] = float(rfs(traj[:, :2], s.preference, s.ego.speed))
     return {**row, "valid": True, "error": None}
