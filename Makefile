@@ -1,5 +1,9 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv when missing
 # and reinstall only when pyproject.toml changed (the stamp file records the last install).
+# Tests: `make test` = lint + every test not marked slow (the README's suite, < 5 min on 2
+# cores); `make test-slow` = the slow ones (the demo end to end, multi-process runs);
+# `make test-fast` = the edit loop: no lint, no fuzzing, stop at the first failure, last
+# failures first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +11,7 @@ STAMP  := $(VENV)/.autovla-installed
 # CPU machines take these two from local disk; an unpinned torch would pull several GB.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo lint install clean-venv
+.PHONY: test test-slow test-fast demo lint install clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +29,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x --ff -m "not slow" --ignore-glob="tests/test_fuzz_*.py"
 
 demo: $(STAMP)
 	$(BIN)/autovla demo

@@ -170,7 +170,7 @@ def rft_config(
                 "group_size": group_size,
                 "max_reasoning_tokens": reasoning_tokens,
             },
-            "reward": {"driving_score": "ade"},
+            "reward": {"functions": [{"name": "ade"}]},
             "train": {
                 "max_steps": max_steps,
                 "device": device,
@@ -188,7 +188,7 @@ def timed_rft(cfg: Any) -> dict:
     import autovla.train.rft as rft
 
     scoring: list[float] = []
-    reward = rft.total_reward
+    reward = rft.compute_rewards
 
     def timed_reward(*a, **k):
         t0 = time.perf_counter()
@@ -196,13 +196,13 @@ def timed_rft(cfg: Any) -> dict:
         scoring.append(time.perf_counter() - t0)
         return r
 
-    rft.total_reward = timed_reward
+    rft.compute_rewards = timed_reward
     t0 = time.perf_counter()
     try:
         with _CountParams() as counted:
             result = rft.train_rft(cfg)
     finally:
-        rft.total_reward = reward
+        rft.compute_rewards = reward
     m = result.train
     split = {}
     if "gen_s" in m and "step_s" in m and scoring:

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="dataset directory")
     ap.add_argument("--split", default="train")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--reward", default="pdms")
+    ap.add_argument("--reward", default="pdms", help="the driving-score term")
     ap.add_argument("--shapes", default="2x4,4x8", help="comma-separated BxG")
     ap.add_argument("--max-reasoning-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 suits tiny models)")
@@ -45,7 +45,12 @@ def main() -> None:
                         "group_size": g,
                         "max_reasoning_tokens": args.max_reasoning_tokens,
                     },
-                    "reward": {"driving_score": args.reward},
+                    "reward": {
+                        "functions": [
+                            {"name": args.reward},
+                            {"name": "reasoning_length", "weight": -0.3, "k": 0.002, "c": 400},
+                        ]
+                    },
                     "train": {"max_steps": args.steps + 1, "torch_threads": args.threads},
                     "output": {"dir": out, "tensorboard": False, "progress": False},
                 }

@@ -12,6 +12,8 @@ from autovla.demo import PRESETS, build_stages
 from autovla.demo_report import PLANNERS
 
 ROOT = Path(__file__).resolve().parents[1]
+# The whole demo runs once for the module (~2 minutes): `make test-slow`, not `make test`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

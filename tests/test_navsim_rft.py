@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autovla.train.rewards import ade_reward
+from autovla.train.rewards import ade
 from autovla.train.rft_config import RFTConfig
 
 from . import model_fixtures as mf
@@ -27,12 +27,12 @@ def sft_dir(tmp_path_factory) -> Path:
 
 def first_sample_unscored(samples, roots, completions) -> np.ndarray:
     """ADE reward, NaN for sample m000 (a scene that could not be scored)."""
-    out = ade_reward(samples, roots, completions)
+    out = ade(samples, roots, completions)
     out[[s.id == "m000" for s in samples]] = np.nan
     return out
 
 
-def test_unscored_groups_are_left_out_and_counted(sft_dir, tmp_path):
+def test_unscored_completions_are_left_out_and_counted(sft_dir, tmp_path):
     from autovla.train.rft import RFT
 
     root, _ = mf.dataset()
@@ -41,7 +41,10 @@ def test_unscored_groups_are_left_out_and_counted(sft_dir, tmp_path):
             "model": {"path": str(sft_dir)},
             "data": {"datasets": [{"path": str(root), "split": "train"}], "shuffle_buffer": 1},
             "grpo": {"group_size": 2, "max_reasoning_tokens": 4, "prompts_per_step": 3},
-            "reward": {"driving_score": "tests.test_navsim_rft:first_sample_unscored"},
+            "reward": {
+                "functions": [{"name": "tests.test_navsim_rft:first_sample_unscored"}],
+                "allow_code": True,
+            },
             "train": {"max_steps": 1, "lora": {"enabled": True}},
             "output": {"dir": str(tmp_path / "out"), "tensorboard": False, "progress": False},
         }
@@ -50,11 +53,13 @@ def test_unscored_groups_are_left_out_and_counted(sft_dir, tmp_path):
     items = next(run.batches(0))
     assert {it.sample.id for it in items} == {"m000", "m001", "m002"}
     s = run.step(items, 0)
-    assert s["unscored_groups"] == 1
-    assert s["n"] == 4 and s["groups"] == 2  # the two scored groups only
-    assert np.isfinite([s["loss"], s["kl"], s["reward_total"], s["reward_driving_score"]]).all()
+    assert s["reward_unscored"] == 2  # both completions of m000, counted
+    assert s["reward_total_n"] == s["reward_first_sample_unscored_n"] == 4
+    assert np.isfinite([s["loss"], s["kl"], s["reward_total"]]).all()
+    # an unscored completion leaves its group's statistics: its group-mate alone has nothing
+    # to be compared with (advantage 0), the other groups are untouched
     adv, _, keep = run.advantages(np.array([1.0, np.nan, 2.0, 4.0, 3.0, 3.0]))
-    assert keep.tolist() == [False, False, True, True, True, True]
+    assert keep.tolist() == [True, False, True, True, True, True]
     assert adv[:2].tolist() == [0.0, 0.0] and adv[2] < 0 < adv[3]
 
 
@@ -86,6 +91,6 @@ def test_3b_rft_recipe_runs_on_navsim_with_its_metric_cache(sft_dir, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
-        assert 0.0 <= row["reward_driving_score"] <= 1.0  # real PDMS from the metric cache
-        assert row["unscored_groups"] == 0
+        assert 0.0 <= row["reward_pdms"] <= 1.0  # real PDMS from the metric cache
+        assert row["reward_unscored"] == 0
     assert (out / "checkpoints").is_dir()

@@ -7,9 +7,9 @@ import pytest
 from autovla.sim.rollout import expert_problems, simulate
 from autovla.sim.scenarios import SCENARIO_TYPES, make_scenario
 
-# The issue asks for >= 200 seeds per type: benchmarks/bench_sim.py --safety-seeds 200 runs
-# that; the unit test runs a smaller sweep so the suite stays fast.
-SEEDS = range(200)  # the issue: at least 200 seeds of every scenario type (~2 min in all)
+# A few seeds keep the suite fast; the sweep over 200 seeds of every type is
+# `python benchmarks/bench_sim.py --scenes 0 --safety-seeds 200` (exits 1 on any problem).
+SEEDS = range(3)
 
 
 def test_library_has_ten_types_with_both_flags():

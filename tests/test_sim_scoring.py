@@ -134,7 +134,7 @@ def test_missing_cache_is_a_clear_error_and_bev_draws(data, tmp_path: Path):
 def test_pdms_reward_is_nan_for_unscorable_samples(data, tmp_path: Path):
     import shutil
 
-    from autovla.train.rewards import Completion, pdms_reward
+    from autovla.train.rewards import Completion, pdms
 
     root, samples = data
     copy = tmp_path / "copy"
@@ -143,6 +143,6 @@ def test_pdms_reward_is_nan_for_unscorable_samples(data, tmp_path: Path):
     (copy / broken.scoring).write_bytes(b"not a cache")
     group = [good, good, broken, none]
     comps = [Completion(s.future_array(), "", "fast") for s in group]
-    r = pdms_reward(group, [copy] * 4, comps)
+    r = pdms(group, [copy] * 4, comps)
     want = score_sample(root, good, good.future_array()[None]).pdms[0]
     assert r[0] == r[1] == pytest.approx(want) and np.isnan(r[2]) and np.isnan(r[3])

@@ -259,6 +259,14 @@ def test_l2_metrics_and_slow_share():
     assert m["l2_1s"] == 1.5 and m["l2_2s"] == 2.5 and m["l2_3s"] == 3.5 and m["l2_avg"] == 2.5
     cv = constant_velocity([make_sample(0)])  # vx = 2
     assert np.allclose(cv[0, :, 0], 2 * 0.5 * np.arange(1, 11)) and np.all(cv[0, :, 1:] == 0)
+    # validation's baseline is evaluation's, heading along the velocity (atan2), same L2
+    from autovla.data.schema import EgoState
+    from autovla.eval.baselines import ConstantVelocity
+
+    slide = make_sample(0).model_copy(update={"ego": EgoState(vx=3.0, vy=1.0)})
+    cv = constant_velocity([slide])
+    assert np.array_equal(cv[0], ConstantVelocity()([slide], [Path(".")])[0].trajectory)
+    assert np.allclose(cv[0, :, 2], np.arctan2(1.0, 3.0))
     s = slow_shares(["slow", "fast", "slow", "fast"], [True, True, False, None])
     assert s == {"slow_share_complex": 0.5, "slow_share_straightforward": 1.0}
 

@@ -71,7 +71,6 @@ class Stage:
     outputs: list[Path]  # present when the stage has finished
     prepare: Callable[[], None] | None = None  # writes configs the command reads
     finish: Callable[[], None] | None = None  # runs after the command succeeded
-    allow_failure: bool = False  # optional stages report and carry on
     meta: dict = field(default_factory=dict)
 
 

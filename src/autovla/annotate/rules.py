@@ -1,6 +1,6 @@
 """Reasoning text from scene facts: a four-part chain of thought without a large VLM.
 
-The paper prompts a 72B VLM with the ground-truth meta-action as a hint (METHOD section 6);
+The paper prompts a 72B VLM with the ground-truth meta-action as a hint (docs/method.md section 6);
 here every sentence is built from the sample's structured `scene` facts, its instruction,
 the ego speed and the meta-action of its future, so the text can never contradict them.
 Wording varies with a generator seeded from (seed, sample id): deterministic and idempotent.

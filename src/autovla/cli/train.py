@@ -97,9 +97,13 @@ def rft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_AR
         return
     m = result.train
     if m:
+        terms = ", ".join(
+            f"{k[len('reward_') :]} {v:.3f}"
+            for k, v in m.items()
+            if k.startswith("reward_") and k not in ("reward_group_std", "reward_unscored")
+        )
         console.print(
-            f"last window: reward {m['reward']:.3f} (driving score "
-            f"{m['reward_driving_score']:.3f}, reasoning penalty {m['reward_cot_penalty']:.3f}), "
-            f"KL {m['kl']:.2e}, slow thinking {m['slow_share']:.2f}"
+            f"last window: reward {m['reward']:.3f} ({terms}; {m['reward_unscored']:.0f} "
+            f"unscored), KL {m['kl']:.2e}, slow thinking {m['slow_share']:.2f}"
         )
     console.print(f"checkpoint: {result.checkpoint}")

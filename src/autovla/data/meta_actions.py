@@ -1,4 +1,4 @@
-"""Meta-action labels from a future trajectory (METHOD section 5).
+"""Meta-action labels from a future trajectory (docs/method.md section 5).
 
 The label reads "{lateral} with {longitudinal}", e.g. "turn left with a deceleration", or
 "STOP". Thresholds are the reference's.

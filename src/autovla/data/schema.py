@@ -18,7 +18,7 @@ deep inside training. The documented limits (docs/data.md, "Limits"):
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -366,14 +366,6 @@ class DrivingSample(_Strict):
         return self.model_copy(
             update={"future": None, "reasoning": None, "meta_action": None, "preference": None}
         )
-
-
-def poses_array(value: Any) -> Annotated[np.ndarray, "(T, 3)"]:
-    """Convert anything pose-like to a float64 (T, 3) array, checking the shape."""
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"expected poses of shape (T, 3), got {arr.shape}")
-    return arr
 
 
 def round_poses(arr: np.ndarray, decimals: int = 4) -> list[Pose]:

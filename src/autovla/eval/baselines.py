@@ -43,7 +43,15 @@ PlanFn = Callable[[list[DrivingSample], list[Path]], list[PlanOutput]]
 
 
 def constant_velocity_trajectory(vx: float, vy: float, steps: int = FUTURE_STEPS) -> np.ndarray:
-    """Keep the current velocity vector for `steps` steps; heading along it."""
+    """Keep the current velocity vector for `steps` steps; heading along it.
+
+    The one constant-velocity baseline (SFT validation uses it too). The heading follows the
+    displacement, atan2(vy, vx), because a car moves where it points: poses that slide
+    sideways at heading 0 describe a crabbing car, which the PDM scorer's kinematic bicycle
+    cannot follow and whose box it would place askew. Below 0.1 m/s the direction is noise,
+    so the heading stays 0. (NAVSIM's own constant-velocity agent drives at |v| straight
+    ahead instead; with the small lateral speeds of real logs the two barely differ.)
+    """
     t = np.arange(1, steps + 1) * STEP_SECONDS
     heading = float(np.arctan2(vy, vx)) if np.hypot(vx, vy) > 0.1 else 0.0
     return np.stack([vx * t, vy * t, np.full_like(t, heading)], -1)

@@ -29,7 +29,7 @@ from autovla.geometry import box_corners
 HORIZONS_S = (1.0, 2.0, 3.0)
 CONVENTIONS = ("stp3", "uniad")  # ST-P3: mean over steps up to t; UniAD: the value at t
 
-# nuScenes BEV collision (METHOD section 9)
+# nuScenes BEV collision (docs/method.md section 9)
 GRID_SIZE = 200  # cells per side
 GRID_RES = 0.5  # m per cell, so the grid spans +-50 m
 EGO_LENGTH = 4.084  # m

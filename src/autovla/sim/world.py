@@ -13,7 +13,6 @@ import numpy as np
 
 from autovla.geometry import points_in_polygon, wrap_angle
 from autovla.sim.agents import (
-    EGO_FRONT,
     EGO_LENGTH,
     EGO_WIDTH,
     Agent,
@@ -212,8 +211,3 @@ class World:
             a.a = (v_new - a.v) / dt
             a.v = v_new
             a.d, a.d_dot = lateral_step(a.d, a.d_dot, a.d_target, dt)
-
-
-def ego_front_s(path: Path, ego: EgoState) -> float:
-    s, _ = path.project(np.array([ego.x, ego.y]))
-    return float(s) + EGO_FRONT

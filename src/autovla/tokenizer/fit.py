@@ -1,4 +1,4 @@
-"""K-disk fitting of the action codebook from 0.5 s trajectory segments (METHOD sec. 3).
+"""K-disk fitting of the action codebook from 0.5 s trajectory segments (docs/method.md section 3).
 
 Each segment is the end pose (dx, dy, dtheta) of 0.5 s of motion in its start frame, and is
 compared by the box contour at its end. K times: pick a segment (first the zero motion, then

@@ -1,4 +1,5 @@
-"""Closed-loop greedy matching (encode) and rollout (decode) of action tokens (METHOD sec. 3).
+"""Closed-loop greedy matching (encode) and rollout (decode) of action tokens
+(docs/method.md section 3).
 
 Encoding starts at the origin; at each 0.5 s step every token is placed at the current
 *token-decoded* pose, the one whose end contour is nearest to the ground-truth box (sum of

@@ -1,4 +1,4 @@
-"""The SFT loss of METHOD section 4, as a pure function over logits and labels.
+"""The SFT loss of docs/method.md section 4, as a pure function over logits and labels.
 
     L = 1/N sum_i w_i (L_lm,i + lambda_a L_act,i),   w_i = lambda_cot if sample i has reasoning
                                                      else 1

@@ -4,7 +4,7 @@ loop, checkpoints and resuming are `train/loop.py`'s.
 One step, on every process:
 
     B prompts --planner (eval, no grad, constrained decoding)--> B x G completions
-      -> rewards per term -> advantages normalised within each prompt's group of G
+      -> rewards per term (NaN: unscored) -> advantages within each prompt's group of G
       -> reference log-probs (frozen SFT model) -> for each of `num_epochs` updates:
          policy log-probs of the sampled tokens, GRPO loss, backward, clip, optimiser step
 
@@ -38,9 +38,9 @@ import torch
 from autovla.model.prompts import require_action_tokens
 from autovla.train import model_setup as ms
 from autovla.train.data import MixedStream, sources_of
-from autovla.train.grpo import group_advantages, grpo_loss
+from autovla.train.grpo import group_advantages, grpo_loss, nan_std
 from autovla.train.loop import Result, Run, Stage, fit
-from autovla.train.rewards import Completion, closed_loop_scenario, total_reward
+from autovla.train.rewards import Completion, compute_rewards
 from autovla.train.rft_config import RFTConfig
 from autovla.train.rft_metrics import step_stats, summarise
 from autovla.train.rft_policy import PolicyLogprobs, padded, phase_table, sampled_phases
@@ -50,23 +50,6 @@ SHARDED = (
     "every process; launch without an FSDP or DeepSpeed config (with LoRA the 3B model and "
     "its reference fit one GPU)"
 )
-
-
-class RFTDataError(ValueError):
-    """A training sample the configured reward cannot score (no future, no scoring data)."""
-
-
-def check_rewardable(samples: list[Any], driving_score: str) -> None:
-    for s in samples:
-        if driving_score == "ade" and s.future is None:
-            raise RFTDataError(f"sample {s.id!r}, field 'future': the ade reward needs it")
-        if driving_score == "pdms" and s.scoring is None:
-            raise RFTDataError(f"sample {s.id!r}, field 'scoring': the pdms reward needs it")
-        if driving_score == "closed_loop":
-            try:
-                closed_loop_scenario(s)
-            except ValueError as e:
-                raise RFTDataError(str(e)) from None
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -83,6 +66,7 @@ class RFT(Stage):
         from autovla.model.planner import Planner
 
         self.cfg, g = cfg, cfg.grpo
+        self.reward_terms = cfg.reward.terms()
         self.run = run = Run(cfg, wrap=PolicyLogprobs, refuse_sharded=SHARDED)
         with run.closed_on_error():  # release the output folder if set-up fails
             self.acc, self.vla, self.raw = run.acc, run.vla, run.raw
@@ -174,7 +158,6 @@ class RFT(Stage):
         cfg, g, acc = self.cfg, self.cfg.grpo, self.acc
         G = self.local_group  # completions per prompt on this process
         samples = [it.sample for it in items]
-        check_rewardable(samples, cfg.reward.driving_score)
         t0 = time.perf_counter()
         plans = self.sample(items, step)
         t_gen = time.perf_counter() - t0
@@ -182,7 +165,7 @@ class RFT(Stage):
         rep = [s for s in samples for _ in range(G)]
         rep_roots = [Path(it.root) for it in items for _ in range(G)]
         comps = [Completion(p.trajectory, p.text, p.mode) for p in plans]
-        terms = total_reward(rep, rep_roots, comps, **cfg.reward.model_dump())
+        terms = compute_rewards(self.reward_terms, cfg.reward.scale, rep, rep_roots, comps)
         adv, group_std, keep = self.advantages(terms["total"])
 
         per = g.forward_prompts or len(items)
@@ -200,7 +183,7 @@ class RFT(Stage):
             for ch in chunks
         ]
         ids = [[plans[r].completion_ids for r in rs] for rs in rows]
-        # tokens of unscored groups do not count (no advantage, no KL, no statistics)
+        # tokens of unscored completions do not count (no advantage, no KL, no statistics)
         masks = [
             padded([plans[r].sampled_mask for r in rs], torch.float32, acc.device)
             * torch.as_tensor(keep[rs], dtype=torch.float32, device=acc.device)[:, None]
@@ -217,7 +200,8 @@ class RFT(Stage):
                 for enc, c, ph in zip(encoded, ids, phases, strict=True)
             ]
 
-        n_rows = len(plans)
+        n_rows = max(int(keep.sum()), 1)  # the completions that count
+        n_tokens = float(sum(float(m.sum()) for m in masks))
         old: list[torch.Tensor | None] = [None] * len(chunks)
         stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "tokens": 0.0}
         for _epoch in range(g.num_epochs):
@@ -229,11 +213,13 @@ class RFT(Stage):
                     logp = logp.float()
                     if old[k] is None:  # first epoch: the sampling policy's log-probs
                         old[k] = logp.detach()
-                    out = grpo_loss(logp, old[k], ref[k], adv[rows[k]], m, g.beta, g.clip_eps)
-                    acc.backward(out.loss * (len(rows[k]) / n_rows))
+                    out = grpo_loss(logp, old[k], ref[k], adv[rows[k]], m, g.beta, g.clip_eps,
+                                    g.loss_normalisation, n_rows, n_tokens,
+                                    g.constant_tokens)  # fmt: skip
+                    acc.backward(out.loss)  # each chunk's share of the batch loss
                 ntok = float(m.sum())
-                epoch_loss += float(out.loss.detach()) * len(rows[k]) / n_rows
-                stats["loss"] += float(out.loss.detach()) * len(rows[k]) / n_rows / g.num_epochs
+                epoch_loss += float(out.loss.detach())
+                stats["loss"] += float(out.loss.detach()) / g.num_epochs
                 stats["kl"] += float(out.kl) * ntok
                 stats["clip_fraction"] += float(out.clip_fraction) * ntok
                 stats["entropy"] += float((entropy * m).sum())
@@ -241,36 +227,31 @@ class RFT(Stage):
             grad_norm = self.run.update(epoch_loss)
         stats.update(grad_norm=grad_norm, lr=self.run.lr, gen_s=t_gen,
                      step_s=time.perf_counter() - t0)  # fmt: skip
-        # a group with a NaN driving score (a scene that could not be scored) is left out of
-        # the loss above and of the reward statistics, and counted
-        groups = keep[::G]
-        stats["unscored_groups"] = float((~groups).sum())
-        kept = {k: v[keep] for k, v in terms.items()}
-        return step_stats([s for s, ok in zip(samples, groups, strict=True) if ok],
-                          [p for p, ok in zip(plans, keep, strict=True) if ok],
-                          kept, G, stats, group_std=group_std)  # fmt: skip
+        # unscored completions (NaN total) are left out of the loss above; the statistics
+        # count them (reward_unscored) and average each reward term over what it scored
+        return step_stats(samples, plans, terms, G, stats, group_std=group_std)
 
     def advantages(self, totals: np.ndarray) -> tuple[torch.Tensor, float, np.ndarray]:
         """Advantages of this process's completions (sample-major), the summed std of the
-        rewards in each group, and which completions count: groups with a non-finite reward
-        get zero advantage and are left out. Spanning groups are gathered first."""
+        rewards in each group, and which completions count: an unscored completion (NaN
+        total) is left out of its group's mean and std and gets advantage 0. Spanning groups
+        are gathered from every process first."""
         g, acc, G = self.cfg.grpo, self.acc, self.local_group
         r = torch.as_tensor(np.asarray(totals, dtype=np.float64)).view(-1, G)
         if self.span:
             world, rank = acc.num_processes, acc.process_index
             full = acc.gather(r.to(acc.device)).cpu().view(world, -1, G)
             r = full.permute(1, 0, 2).reshape(-1, world * G)  # (B, G): every process's slice
-            ok = torch.isfinite(r).all(1)
-            r = torch.where(ok[:, None], r, 0.0)
-            adv = group_advantages(r.flatten(), world * G, g.scale_advantages)
+            adv = group_advantages(r.flatten(), world * G, g.advantage_scaling)
             adv = adv.view(-1, world, G)[:, rank].flatten()
         else:
-            ok = torch.isfinite(r).all(1)
-            r = torch.where(ok[:, None], r, 0.0)
-            adv = group_advantages(r.flatten(), G, g.scale_advantages)
+            batch_std = None
+            if g.advantage_scaling == "batch" and acc.num_processes > 1:  # the whole step's std
+                batch_std = float(nan_std(acc.gather(r.to(acc.device)).cpu()))
+            adv = group_advantages(r.flatten(), G, g.advantage_scaling, batch_std)
         # every spanning process reports the same groups: `summarise` divides by all of them
-        std = float(r.std(1, unbiased=True).sum())
-        keep = ok.repeat_interleave(G).numpy()
+        std = float(nan_std(r, dim=1).sum())
+        keep = np.isfinite(np.asarray(totals, dtype=np.float64))
         return adv.to(acc.device, torch.float32), std, keep
 
     def summarise(self, window: list[dict[str, float]]) -> dict[str, float]:

@@ -1,16 +1,18 @@
 """The RFT (GRPO) stage's config sections and its run config; see `train/config.py` for the
 sections every stage shares. RFT's defaults differ where docs/method.md section 4 says so:
-LoRA on, lr 3e-5, no warm-up.
+LoRA on, lr 3e-5, no warm-up. The GRPO and reward sections default to the paper's choices;
+each alternative is documented in its field's description.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autovla.config import StrictModel
 from autovla.train.config import RunConfig
+from autovla.train.rewards import RewardTerm, build_terms
 
 
 class GRPOConfig(StrictModel):
@@ -23,9 +25,22 @@ class GRPOConfig(StrictModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     beta: float = Field(default=0.04, ge=0, description="weight of the k3 KL to the reference")
     clip_eps: float = Field(default=0.2, gt=0, description="PPO ratio clip (num_epochs > 1)")
-    scale_advantages: bool = Field(
-        default=True,
-        description="divide advantages by the group's reward std (paper); false: centre only",
+    advantage_scaling: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="what divides the group-centred rewards: group = the group's reward std "
+        "(paper); batch = the std of every reward of the step; none = nothing (Dr. GRPO)",
+    )
+    loss_normalisation: Literal["sequence", "token", "constant"] = Field(
+        default="sequence",
+        description="sequence = mean over each completion's tokens, then over completions "
+        "(paper); token = mean over every token of the batch; constant = token sum divided "
+        "by completions x constant_tokens (Dr. GRPO)",
+    )
+    constant_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="tokens per completion that loss_normalisation 'constant' divides by "
+        "(Dr. GRPO: the generation budget); it only scales the step size",
     )
     groups_span_processes: bool = Field(
         default=False,
@@ -43,16 +58,76 @@ class GRPOConfig(StrictModel):
         "false: over the whole vocabulary",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scale_advantages" in data:
+            raise ValueError(
+                "grpo.scale_advantages was replaced by grpo.advantage_scaling "
+                "(true -> group, false -> none)"
+            )
+        return data
+
+
+class RewardFunctionConfig(BaseModel):
+    """One reward term: a function by name, its weight, and its own keyword parameters
+    (any other key, e.g. `k` and `c` of reasoning_length)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field(description="registered reward (pdms | ade | closed_loop | "
+                      "reasoning_length) or module:function (needs reward.allow_code)")  # fmt: skip
+    weight: float = Field(default=1.0, allow_inf_nan=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _paper_rewards() -> list[RewardFunctionConfig]:
+    # docs/method.md section 4: r = 10 * (PDMS - 0.3 * sigmoid(0.002 * (len - 400)))
+    return [
+        RewardFunctionConfig(name="pdms", weight=1.0),
+        RewardFunctionConfig(name="reasoning_length", weight=-0.3, k=0.002, c=400.0),
+    ]
+
 
 class RewardConfig(StrictModel):
-    driving_score: str = Field(
-        default="pdms",
-        description="registered name (pdms | ade | closed_loop) or a dotted path module:fn",
+    """total = scale * sum(weight * value) over the terms that scored a completion."""
+
+    functions: list[RewardFunctionConfig] = Field(
+        default_factory=_paper_rewards,
+        description="reward terms; each returns one value per completion, NaN if it cannot score",
     )
-    scale: float = Field(default=10.0, gt=0, description="s in r = s * score - penalty")
-    penalty_weight: float = Field(default=0.3, ge=0, description="w of the reasoning penalty")
-    penalty_k: float = Field(default=0.002, gt=0, description="sigmoid slope per character")
-    penalty_c: float = Field(default=400.0, description="sigmoid centre in characters")
+    scale: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="s: multiplies the weighted sum"
+    )
+    allow_code: bool = Field(
+        default=False,
+        description="allow module:function rewards; importing one runs that module's code",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        old = ("driving_score", "penalty_weight", "penalty_k", "penalty_c")
+        if isinstance(data, dict) and any(k in data for k in old):
+            raise ValueError(
+                f"reward.{'/'.join(k for k in old if k in data)} were replaced by "
+                "reward.functions, e.g. [{name: pdms, weight: 1.0}, {name: reasoning_length, "
+                "weight: -0.3, k: 0.002, c: 400}]; the scale now multiplies the penalty too "
+                "(old penalty_weight w = new weight -w / scale)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check_terms(self) -> RewardConfig:
+        self.terms()
+        return self
+
+    def terms(self) -> list[RewardTerm]:
+        """The checked terms (imports module:function rewards, when allowed)."""
+        return build_terms([(f.name, f.weight, f.params) for f in self.functions], self.allow_code)
 
 
 class RFTConfig(RunConfig):

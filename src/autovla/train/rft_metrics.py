@@ -2,6 +2,9 @@
 
 Sums rather than means so that a window of steps on several processes averages correctly:
 every process reports its sums, `summarise` adds them with one all-reduce and divides.
+Every reward term is logged on its own (`reward_<name>`, its raw value before weighting) as the
+mean over the completions it scored; `reward` is the mean total over the completions any term
+scored, and `reward_unscored` counts those none did (left out of the advantages).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from autovla.train.grpo import nan_std
 
 
 def step_stats(
@@ -23,18 +28,18 @@ def step_stats(
 ) -> dict[str, float]:
     """Sums over one step's completions (sample-major: `group_size` plans per sample).
 
-    `extra` holds the loss-side sums (loss, kl, clip_fraction, entropy, tokens) and the
-    step's grad_norm, lr and timings. `group_std` is the summed reward std of the step's
-    groups when they are not all here (groups spanning processes); by default it is computed
-    from `terms`. Samples whose `complex` flag is unset count as straightforward.
+    `terms` maps each reward term's name, and "total", to one value per completion (NaN:
+    not scored). `extra` holds the loss-side sums (loss, kl, clip_fraction, entropy, tokens)
+    and the step's grad_norm, lr and timings. `group_std` is the summed reward std of the
+    step's groups when they are not all here (groups spanning processes); by default it is
+    computed from `terms`. Samples whose `complex` flag is unset count as straightforward.
     """
+    total = np.asarray(terms["total"], dtype=np.float64)
     if group_std is None:
-        group_std = float(terms["total"].reshape(-1, group_size).std(1, ddof=1).sum())
+        group_std = float(nan_std(total.reshape(-1, group_size), dim=1).sum())
     s = {
         "n": float(len(plans)),
-        "reward_total": float(terms["total"].sum()),
-        "reward_driving_score": float(terms["driving_score"].sum()),
-        "reward_cot_penalty": float(terms["cot_penalty"].sum()),
+        "reward_unscored": float((~np.isfinite(total)).sum()),
         "reward_group_std": group_std,
         "groups": float(len(samples)),
         "steps": 1.0,
@@ -42,6 +47,11 @@ def step_stats(
         "reasoning_chars": 0.0,
         **{k: float(v) for k, v in extra.items()},
     }
+    for name, values in terms.items():
+        v = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(v)
+        s[f"reward_{name}"] = float(v[ok].sum())
+        s[f"reward_{name}_n"] = float(ok.sum())
     for kind in ("complex", "straightforward"):
         s[f"n_{kind}"] = s[f"slow_{kind}"] = s[f"chars_{kind}"] = 0.0
     for i, p in enumerate(plans):
@@ -68,10 +78,14 @@ def summarise(window: list[dict[str, float]], acc: Any = None) -> dict[str, floa
     def share(a: str, b: str) -> float:
         return t[a] / t[b] if t[b] else float("nan")
 
+    names = [
+        k[len("reward_") : -len("_n")] for k in keys if k.startswith("reward_") and k.endswith("_n")
+    ]
+    rewards = {f"reward_{x}": share(f"reward_{x}", f"reward_{x}_n") for x in names if x != "total"}
     return {
-        "reward": t["reward_total"] / n,
-        "reward_driving_score": t["reward_driving_score"] / n,
-        "reward_cot_penalty": t["reward_cot_penalty"] / n,
+        "reward": share("reward_total", "reward_total_n"),
+        **rewards,
+        "reward_unscored": t["reward_unscored"],
         "reward_group_std": t["reward_group_std"] / max(t["groups"], 1.0),
         "loss": t["loss"] / steps,
         "kl": t["kl"] / tok,
@@ -83,7 +97,6 @@ def summarise(window: list[dict[str, float]], acc: Any = None) -> dict[str, floa
         "chars_complex": share("chars_complex", "n_complex"),
         "chars_straightforward": share("chars_straightforward", "n_straightforward"),
         "reasoning_chars": t["reasoning_chars"] / n,
-        "unscored_groups": t.get("unscored_groups", 0.0),  # summed over window and processes
         "grad_norm": window[-1]["grad_norm"],
         "lr": window[-1]["lr"],
         "gen_s": t["gen_s"] / steps,

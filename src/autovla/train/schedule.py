@@ -1,4 +1,4 @@
-"""Learning-rate schedule (METHOD section 4): linear warm-up, then step decay."""
+"""Learning-rate schedule (docs/method.md section 4): linear warm-up, then step decay."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Validation during SFT: decode plans with the Planner and compare them with the truth.
 
 Metrics: L2 (m) at 1/2/3 s in the ST-P3 convention (mean over the 0.5 s steps up to t) and
-their average, for the model and for a constant-velocity baseline on the same samples; the
-share of slow thinking on complex and on straightforward samples.
+their average, for the model and for the constant-velocity baseline on the same samples; the
+share of slow thinking on complex and on straightforward samples. The L2 and the baseline are
+evaluation's own (`autovla.eval`), so validation and `autovla eval open-loop` cannot disagree.
 """
 
 from __future__ import annotations
@@ -12,33 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from autovla.data.schema import FUTURE_STEPS, STEP_SECONDS, DrivingSample
-
-HORIZONS_S = (1.0, 2.0, 3.0)
+from autovla.data.schema import DrivingSample
+from autovla.eval.baselines import constant_velocity_trajectory
+from autovla.eval.metrics import HORIZONS_S, at_horizons, l2_per_step
 
 
 def l2_metrics(pred: np.ndarray, truth: np.ndarray, prefix: str = "l2") -> dict[str, float]:
-    """pred, truth (N, T, >=2) at 0.5 s steps -> {prefix_1s, prefix_2s, prefix_3s, prefix_avg}."""
-    pred, truth = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
-    if pred.shape[:2] != truth.shape[:2]:
-        raise ValueError(f"shape mismatch: {pred.shape} vs {truth.shape}")
-    err = np.linalg.norm(pred[..., :2] - truth[..., :2], axis=-1)  # (N, T)
-    out = {}
-    for h in HORIZONS_S:
-        steps = round(h / STEP_SECONDS)
-        out[f"{prefix}_{int(h)}s"] = float(err[:, :steps].mean())
-    out[f"{prefix}_avg"] = float(np.mean([out[f"{prefix}_{int(h)}s"] for h in HORIZONS_S]))
+    """pred, truth (N, T, >=2) at 0.5 s steps -> {prefix_1s, prefix_2s, prefix_3s, prefix_avg},
+    means over samples in the ST-P3 convention: the same functions as `autovla eval`."""
+    per_sample = at_horizons(l2_per_step(pred, truth), "stp3")
+    out = {f"{prefix}_{t:g}s": float(v.mean()) for t, v in per_sample.items()}
+    out[f"{prefix}_avg"] = float(np.mean([out[f"{prefix}_{t:g}s"] for t in HORIZONS_S]))
     return out
 
 
 def constant_velocity(samples: Sequence[DrivingSample]) -> np.ndarray:
-    """(N, 10, 3): keep the current velocity vector and heading for 5 s."""
-    t = STEP_SECONDS * np.arange(1, FUTURE_STEPS + 1)
-    out = np.zeros((len(samples), FUTURE_STEPS, 3))
-    for i, s in enumerate(samples):
-        out[i, :, 0] = s.ego.vx * t
-        out[i, :, 1] = s.ego.vy * t
-    return out
+    """(N, 10, 3): evaluation's constant-velocity baseline for every sample."""
+    return np.stack([constant_velocity_trajectory(s.ego.vx, s.ego.vy) for s in samples])
 
 
 def slow_shares(modes: Sequence[str | None], complex_flags: Sequence[bool | None]) -> dict:

@@ -47,7 +47,7 @@ from autovla.paths import safe_name
 
 CAMERAS = {1: "front", 2: "front_left", 3: "front_right"}  # CameraName enum values
 INTENTS = {0: "unknown", 1: "go straight", 2: "turn left", 3: "turn right"}
-PAST_HZ = FUTURE_HZ = 4
+FUTURE_HZ = 4
 HISTORY = 4  # poses (and camera frames) at 2 Hz, the last is now
 HISTORY_OFFSETS_S = (-1.5, -1.0, -0.5)  # the earlier camera frames
 TOLERANCE_S = 0.1  # a history frame may be this far from its nominal time
