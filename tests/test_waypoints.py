@@ -154,7 +154,7 @@ def test_answer_tokens_are_stable_in_the_chat_and_in_pieces():
     samples = _samples("train")[:2]
     rng = np.random.default_rng(0)
     for reasoning in (None, REASONING):
-        for _ in range(20):
+        for _ in range(8):
             xy = np.cumsum(rng.uniform([-0.5, -3], [12, 3], (10, 2)), 0)
             answer = render_waypoint_answer(xy, reasoning, fmt)
             batch = encode_batch(
