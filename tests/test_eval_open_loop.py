@@ -152,6 +152,11 @@ def test_invalid_plans_and_reasoning_stats(dataset, tmp_path):
     assert res["latency"]["slow"]["p50"] == pytest.approx(0.5)
     assert res["latency"]["fast"]["n"] == 2
     assert "bestk_ade" in res["overall"]
+    # every candidate's score is kept (best-of-N at any N, eval/best_of_n.py)
+    for r in rows.values():
+        if r["valid"]:
+            assert len(r["candidate_pdms"]) == 2 and r["candidate_pdms"][1] == 0.5
+            assert min(r["candidate_ade"]) == r["bestk_ade"]
 
 
 def test_run_dir_is_refused_unless_overwrite(dataset, tmp_path):

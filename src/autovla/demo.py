@@ -253,8 +253,6 @@ def _load_state(out: Path) -> dict:
 
 def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -> Path:
     """Run (or resume) every stage; returns the path of the demo report."""
-    from autovla.cli import app
-
     cfg = PRESETS[preset]
     if fresh and out.exists():
         # Only what the demo itself made: the stage outputs under `out`.
@@ -276,6 +274,25 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         raise ValueError(f"{out} holds a '{state['_preset']}' demo; use another --out or --fresh")
     state["_preset"] = preset
     stages = build_stages(out, cfg)
+    run_stages(stages, out / STATE_FILE, state, echo)
+    from autovla.demo_report import headline_rows, training_lines, write_demo_report
+
+    report = write_demo_report(out, stages, cfg)
+    for line in training_lines(out):
+        echo(line)
+    echo("")
+    echo(f"autovla demo - {cfg.label}")
+    for line in headline_rows(out, stages):
+        echo(line)
+    echo(f"\nreport: {report}")
+    return report
+
+
+def run_stages(stages: list[Stage], state_file: Path, state: dict, echo=print) -> None:
+    """Run each stage not yet recorded in `state` (with its outputs present), in order,
+    recording it in `state_file` when it succeeded; a failed stage raises `DemoError`."""
+    from autovla.cli import app
+
     t_start = time.perf_counter()
     for i, st in enumerate(stages, 1):
         done = st.name in state and all(p.exists() for p in st.outputs)
@@ -294,20 +311,9 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         if st.finish:
             st.finish()
         state[st.name] = {"seconds": round(seconds, 1), "command": ["autovla", *st.args]}
-        write_json(out / STATE_FILE, state)
+        write_json(state_file, state)
         elapsed = time.perf_counter() - t_start
-        echo(f"  finished in {seconds:.0f} s (demo so far {elapsed / 60:.1f} min)")
-    from autovla.demo_report import headline_rows, training_lines, write_demo_report
-
-    report = write_demo_report(out, stages, cfg)
-    for line in training_lines(out):
-        echo(line)
-    echo("")
-    echo(f"autovla demo - {cfg.label}")
-    for line in headline_rows(out, stages):
-        echo(line)
-    echo(f"\nreport: {report}")
-    return report
+        echo(f"  finished in {seconds:.0f} s (so far {elapsed / 60:.1f} min)")
 
 
 def _invoke(app, args: list[str]) -> int:

@@ -133,6 +133,11 @@ def open_loop(
             f"warning: {o['n_scoring_errors']} samples could not be scored "
             f"(see scoring_error in {out / 'samples.jsonl'})"
         )
+    if o.get("n_parse_failures"):
+        console.print(
+            f"warning: {o['n_parse_failures']} waypoint answers did not parse; each was "
+            f"scored as standing still (see parse_error in {out / 'samples.jsonl'})"
+        )
     keys = [
         k
         for k in (
@@ -161,6 +166,11 @@ def open_loop(
                     )
                 ]
                 if "pdms" in o or o.get("n_scoring_errors")
+                else []
+            )
+            + (
+                [("waypoint parse failures", str(o["n_parse_failures"]))]
+                if "n_parse_failures" in o
                 else []
             )
             + [(k, o[k]) for k in keys],

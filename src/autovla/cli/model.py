@@ -18,7 +18,17 @@ def init(
     out: Path = typer.Option(..., help="Model directory to write."),
     seed: int = typer.Option(0, help="Seed for random weights and the tokenizer corpus."),
     prompt_format: str = typer.Option(
-        "autovla-v1", "--format", help="Prompt format: a bundled name or a YAML file."
+        "autovla-v1",
+        "--format",
+        "--prompt-format",
+        help="Prompt format: a bundled name (autovla-v1; autovla-waypoints-v1 answers with "
+        "text waypoints instead of action tokens) or a YAML file.",
+    ),
+    action_init: str = typer.Option(
+        "mean", help="New action-token rows: mean, or geometry (a prior from the codebook)."
+    ),
+    number_init: bool = typer.Option(
+        False, help="Number tokens start with rows that encode their value (random weights)."
     ),
     source: str = typer.Option(
         None, help="Pretrained weights (hub id or directory); default: the preset's, if cached."
@@ -52,6 +62,8 @@ def init(
         raise fail(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     if dtype == "auto":
         dtype = "bfloat16" if preset == "qwen2.5-vl-3b" else "float32"
+    if action_init not in ("mean", "geometry"):
+        raise fail(f"--action-init must be mean or geometry, got {action_init!r}")
     cb = Codebook.load(codebook)
     vla = build_model(
         preset,
@@ -61,6 +73,8 @@ def init(
         source=source,
         allow_random=random_ok,
         dtype=getattr(torch, dtype),
+        action_init=action_init,
+        number_init=number_init,
     )
     vla.save_pretrained(out)
     _print_info(vla, out)
@@ -90,6 +104,6 @@ def _print_info(vla, where: Path) -> None:
         ("vocabulary", f"{len(vla.tokenizer):,} tokens, {text.vocab_size:,} embedding rows"),
         ("action tokens", f"{vla.num_actions} from id {vla.action_start}"),
         ("pixels per frame", f"{size.shortest_edge} - {size.longest_edge}"),
-        ("prompt format", f"{vla.fmt.name} v{vla.fmt.version}"),
+        ("prompt format", f"{vla.fmt.name} v{vla.fmt.version} (answers: {vla.fmt.answer_kind})"),
     ]
     console.print(table("AutoVLA model", ["field", "value"], rows))

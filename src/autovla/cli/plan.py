@@ -68,7 +68,8 @@ def plan(
     truth = sample.future_array() if sample.future is not None else None
     rows = []
     for k, p in enumerate(res.trajectory):
-        row = [f"{0.5 * (k + 1):.1f}", res.action_ids[k], *(float(v) for v in p)]
+        token = res.action_ids[k] if res.action_ids else "-"  # a waypoint format has none
+        row = [f"{0.5 * (k + 1):.1f}", token, *(float(v) for v in p)]
         if truth is not None:
             row.append(float(np.hypot(*(p[:2] - truth[k, :2]))))
         rows.append(row)
@@ -76,6 +77,11 @@ def plan(
     console.print(table("plan", cols, rows))
     if res.reasoning:
         console.print("reasoning:\n" + res.reasoning, highlight=False)
+    if res.parse_error:
+        console.print(
+            f"the waypoint answer did not parse ({res.parse_error}); planned as standing still",
+            highlight=False,
+        )
     if out is not None:
         from autovla.model.visualize import save_plan_png
         from autovla.paths import inside, safe_name
@@ -95,6 +101,7 @@ def plan(
                 "action_ids": res.action_ids,
                 "reasoning": res.reasoning,
                 "text": res.text,
+                "parse_error": res.parse_error,
                 "num_generated_tokens": res.num_generated_tokens,
                 "timings": res.timings,
             },

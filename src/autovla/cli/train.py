@@ -66,6 +66,19 @@ def sft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_AR
     console.print(f"checkpoint: {result.checkpoint}")
 
 
+def _refuse_waypoint_model(path: str | None) -> None:
+    """RFT samples and scores action tokens: say so before loading a waypoint model."""
+    from autovla.model.checkpoint import is_model_dir
+    from autovla.model.prompts import FORMAT_FILE, PromptFormat, require_action_tokens
+
+    if path is None or not is_model_dir(path) or not (Path(path) / FORMAT_FILE).is_file():
+        return  # the loader says what is wrong with it
+    try:
+        require_action_tokens(PromptFormat.load(path), f"train rft (model {path})")
+    except ValueError as e:
+        raise fail(str(e)) from None
+
+
 @app.command("rft")
 def rft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_ARG) -> None:
     """Reinforcement fine-tuning with GRPO from an SFT model; resumes when interrupted.
@@ -76,6 +89,7 @@ def rft(config: Path = CONFIG_OPTION, overrides: list[str] | None = OVERRIDES_AR
     from autovla.train.rft_config import RFTConfig
 
     cfg = load_run_config(RFTConfig, config, overrides)
+    _refuse_waypoint_model(cfg.model.path)
     from autovla.train.rft import train_rft
 
     result = _train(train_rft, cfg)

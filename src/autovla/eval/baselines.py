@@ -28,6 +28,10 @@ class PlanOutput:
     candidates: np.ndarray | None = None  # (K, 10, 3) when K samples were drawn (best-of-K)
     num_tokens: int | None = None  # generated tokens, when a model made it
     extra: dict = field(default_factory=dict)
+    # A model answering with text waypoints: `text_answer` is True and `parse_error` says why
+    # the text did not parse (the trajectory is then standing still, and scored as such).
+    text_answer: bool = False
+    parse_error: str | None = None
 
     def __post_init__(self) -> None:
         self.trajectory = np.asarray(self.trajectory, dtype=np.float64)

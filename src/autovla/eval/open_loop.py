@@ -6,7 +6,9 @@ the plan, so reports and comparisons need no re-run). Metrics that need data a s
 (object futures, metric cache, rater preferences) are left out of that sample's row and
 the means count only the samples that have them (their `n_*` says how many). A sample whose
 plan the scorer cannot score (a broken metric cache, a NaN score) gets a `scoring_error`,
-no PDMS, and is counted in `n_scoring_errors`: never a silent 0.
+no PDMS, and is counted in `n_scoring_errors`: never a silent 0. A model that answers with
+text waypoints gets a `parse_error` in every row (None when its text parsed); a plan whose
+text did not parse is standing still, scored like any plan, and counted in `n_parse_failures`.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def sample_row(
         "num_tokens": plan.num_tokens,
         "plan": np.round(traj, 4).tolist(),
     }
+    if plan.text_answer:
+        row["parse_error"] = plan.parse_error
     if not np.all(np.isfinite(traj)):
         return {**row, "valid": False, "error": "plan has non-finite values"}
     if s.future is not None:
@@ -143,6 +147,7 @@ def sample_row(
         if plan.candidates is not None and len(plan.candidates):
             cand_err = M.l2_per_step(plan.candidates, np.repeat(gt[None], len(plan.candidates), 0))
             row["bestk_ade"] = float(cand_err.mean(-1).min())
+            row["candidate_ade"] = [float(v) for v in cand_err.mean(-1)]
     if scorer is not None and s.scoring is None and require_scoring:
         row["scoring_error"] = "no metric cache (field 'scoring'): the scene was not cached"
     if scorer is not None and s.scoring is not None:
@@ -162,6 +167,8 @@ def sample_row(
                 best = np.asarray(sc.pdms, dtype=np.float64)[1:]
                 if np.isfinite(best).any():
                     row["bestk_pdms"] = float(np.nanmax(best))
+                # every candidate's score, for best-of-N at any N <= K (eval/best_of_n.py)
+                row["candidate_pdms"] = [float(v) if np.isfinite(v) else None for v in best]
     if rfs is not None and s.preference is not None:
         row["rfs"] = float(rfs(traj[:, :2], s.preference, s.ego.speed))
     return {**row, "valid": True, "error": None}
@@ -236,6 +243,8 @@ def summarize(rows: list[dict]) -> dict:
     scoring_errors = sum(1 for r in valid if r.get("scoring_error"))
     if scoring_errors:
         out["n_scoring_errors"] = scoring_errors
+    if any("parse_error" in r for r in valid):  # a text-waypoint model: always say how many
+        out["n_parse_failures"] = sum(1 for r in valid if r.get("parse_error"))
     for k in _numeric_keys(valid):
         vals = [r[k] for r in valid if r.get(k) is not None]
         if vals:

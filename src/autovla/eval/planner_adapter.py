@@ -32,6 +32,7 @@ class ModelPlanFn:
         self.temperature = (1.0 if num_samples > 1 else 0.0) if temperature is None else temperature
         self.seed = seed
         self.name = f"model ({mode})"
+        self.text_answer = planner.vla.fmt.answer_kind == "waypoints"
         tok = planner.vla.tokenizer
         self.count_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
@@ -58,6 +59,8 @@ class ModelPlanFn:
                     latency=per,
                     candidates=np.stack([g.trajectory for g in group]) if k > 1 else None,
                     num_tokens=first.num_generated_tokens,
+                    text_answer=self.text_answer,
+                    parse_error=first.parse_error,
                 )
             )
         return out

@@ -21,9 +21,9 @@ from autovla.sim.render import ground_pixels
 
 REPORT = "report.html"
 TABLE_KEYS = (
-    "n_valid", "l2_stp3_1s", "l2_stp3_2s", "l2_stp3_3s", "l2_avg", "l2_uniad_1s", "l2_uniad_2s",
-    "l2_uniad_3s", "ade", "fde", "col_avg", "pdms", "nc", "dac", "ttc", "comfort", "ep", "rfs",
-    "bestk_ade", "bestk_pdms",
+    "n_valid", "n_parse_failures", "l2_stp3_1s", "l2_stp3_2s", "l2_stp3_3s", "l2_avg",
+    "l2_uniad_1s", "l2_uniad_2s", "l2_uniad_3s", "ade", "fde", "col_avg", "pdms", "nc", "dac",
+    "ttc", "comfort", "ep", "rfs", "bestk_ade", "bestk_pdms",
 )  # fmt: skip
 CASES = 3  # best and worst cases shown
 
@@ -204,6 +204,17 @@ def _case_html(r: dict, key: str, sample: DrivingSample | None, root: Path | Non
     return "\n".join(parts)
 
 
+def _parse_failure_note(overall: dict) -> list[str]:
+    """A text-waypoint model: how many answers did not parse, and what was scored instead."""
+    if "n_parse_failures" not in overall:
+        return []
+    return [
+        f"<p>waypoint answers that did not parse: {overall['n_parse_failures']} of "
+        f"{overall['n_valid']} (each planned as standing still and scored as such; the reason "
+        "is the parse_error of its row in samples.jsonl)</p>"
+    ]
+
+
 def render_report(run_dir: str | os.PathLike) -> Path:
     """Write `report.html` into a run directory from its results.json and samples.jsonl."""
     run = Path(run_dir)
@@ -232,6 +243,7 @@ def render_report(run_dir: str | os.PathLike) -> Path:
         + "</table>",
         "<h2>Overall</h2>",
         html_table({"all": results["overall"]}),
+        *_parse_failure_note(results["overall"]),
         "<h2>By complexity</h2>",
         html_table(results["by_complexity"], first="complexity"),
         "<h2>By scenario type</h2>",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from autovla.data.schema import INSTRUCTIONS, OBJECT_CLASSES
-from autovla.model.prompts import PromptFormat, render_user_state
+from autovla.model.prompts import PromptFormat, render_user_state, render_waypoints
 
 _SCENES = (
     "a straight urban road",
@@ -123,5 +123,21 @@ def tokenizer_corpus(fmt: PromptFormat, seed: int = 0, n: int = 3000) -> Iterato
             parts.append(fmt.slow_marker + reasoning_text(rng) + "\n" + fmt.think_close)
         else:
             parts.append(fmt.fast_marker + fmt.think_close)
-        parts.append(fmt.action_open + fmt.action_close)
+        body = ""
+        if fmt.answer_kind == "waypoints":
+            body = render_waypoints(waypoints_text_sample(rng))
+        parts.append(fmt.action_open + body + fmt.action_close)
         yield "".join(parts)
+
+
+def waypoints_text_sample(rng: np.random.Generator) -> np.ndarray:
+    """(10, 2) made-up future positions: a speed, an acceleration and a curvature, so the
+    numbers cover stopping, cruising, turning both ways and (rarely) reversing."""
+    t = 0.5 * np.arange(1, 11)
+    v, a = rng.uniform(-1, 25), rng.uniform(-3, 3)
+    s = np.maximum.accumulate(np.maximum(v * t + 0.5 * a * t * t, 0.0)) if v >= 0 else v * t
+    turn = rng.choice([0.0, rng.uniform(-1.6, 1.6)])  # heading change over the path (rad)
+    kappa = turn / max(abs(float(s[-1])), 1.0)
+    if kappa == 0.0:
+        return np.stack([s, np.zeros_like(s)], -1)
+    return np.stack([np.sin(kappa * s) / kappa, (1 - np.cos(kappa * s)) / kappa], -1)

@@ -7,6 +7,15 @@ Per row the decoder walks through phases:
     actions -> exactly 10 tokens, only <action_i> allowed
     done    -> the closing text is appended without running the model
 
+A prompt format that answers with text waypoints (`answer_kind: waypoints`, the paper's
+ablation) has a `waypoints` phase instead of `actions`: only tokens made of the characters the
+waypoints need (digits, sign, point, comma, brackets, space) and the first token of the answer
+close are allowed; the phase ends when the model writes the close, when the tenth point is
+closed, or at the format's `max_waypoint_tokens`. The text is then parsed into 10 (x, y)
+positions and the headings follow the path (`geometry.headings_from_path`). Text that does not
+parse is a failure, reported in `PlanResult.parse_error`, and its trajectory is standing still
+at the origin: evaluation scores it like any plan (and counts it), never drops it.
+
 Greedy action tokens are either the most likely token ("argmax") or, with
 `action_choice="expected"`, the token whose end contour is nearest the probability-weighted
 mean end contour of the tokens in the top-p nucleus: when the model hesitates between
@@ -49,7 +58,7 @@ from autovla.model.checkpoint import AutoVLA
 from autovla.model.decoding import SUPPORTED_ATTENTION, StaticDecoder, cache_kwarg, prompt_embeds
 from autovla.model.inputs import encode_batch, end_of_turn
 from autovla.model.logprobs import unwrap
-from autovla.model.prompts import Mode, SystemKind, parse_answer
+from autovla.model.prompts import WAYPOINT_CHARS, Mode, SystemKind, parse_answer, parse_waypoints
 from autovla.model.sampling import choose_tokens, make_generator, nucleus
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,9 @@ class PlanResult:
     logprobs: list[float] | None = field(default=None, repr=False)
     # The reasoning reached the planner's max_reasoning_tokens and was closed by the planner.
     reasoning_capped: bool = False
+    # Waypoint formats: why the answer's waypoint text could not be read (the trajectory is
+    # then standing still); None when it parsed (and always for action tokens).
+    parse_error: str | None = None
 
 
 @dataclass
@@ -93,6 +105,9 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     last_logprob: float = 0.0
     capped: bool = False
+    answer_ids: list[int] = field(default_factory=list)  # waypoint text the model wrote
+    points: int = 0  # waypoints closed so far (")" written)
+    answer_capped: bool = False
 
     def feed(self, ids: Sequence[int], sampled_first: bool) -> None:
         self.pending = list(ids)
@@ -221,6 +236,8 @@ class Planner:
         self.closing_ids = [*_ids(tok, fmt.action_close), self.eot_id]
         marker = fmt.think_close.strip()
         self.close_marker = marker
+        self.waypoints = fmt.answer_kind == "waypoints"
+        self.answer_phase = "waypoints" if self.waypoints else "actions"
         added = tok.get_added_vocab()
         self.close_token = added.get(marker) if marker in added else None
         vocab_rows = vla.model.get_output_embeddings().weight.shape[0]
@@ -234,18 +251,39 @@ class Planner:
         self.reason_allowed[banned] = False
         if self.close_token is not None:
             self.reason_allowed[self.close_token] = True
+        answer_len = FUTURE_STEPS
+        if self.waypoints:
+            self._waypoint_tokens(vocab_rows)
+            answer_len = fmt.max_waypoint_tokens
         # Cache columns an answer can need after the prompt (which holds the forced prefix):
         # the rest of the mode line, a capped chain of thought and the close text in its
         # longest form, the actions, and the pad columns of one forced chunk.
         chunk = 2 + max(len(self.close_ids), len(_ids(tok, "\n" + self.close_text)))
         slow = self.max_reasoning_tokens + chunk
         self._answer_room = {
-            "fast": FUTURE_STEPS + chunk,
-            "slow": slow + FUTURE_STEPS + chunk,
+            "fast": answer_len + chunk,
+            "slow": slow + answer_len + chunk,
             "auto": max(len(self.fast_ids) + len(self.close_ids), len(self.slow_ids) + slow)
-            + FUTURE_STEPS
+            + answer_len
             + chunk,
         }
+
+    def _waypoint_tokens(self, vocab_rows: int) -> None:
+        """The waypoint phase's allowed ids: tokens whose text only uses the waypoint
+        characters, and the first token of the answer close; and the ")" count of each."""
+        tok = self.vla.tokenizer
+        special = set(tok.all_special_ids)
+        texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)
+        self.waypoint_allowed = torch.zeros(vocab_rows, dtype=torch.bool)
+        self.parens: dict[int, int] = {}
+        for i, t in enumerate(texts):
+            if t and i not in special and set(t) <= WAYPOINT_CHARS:
+                self.waypoint_allowed[i] = True
+                self.parens[i] = t.count(")")
+        if not self.parens:
+            raise ValueError("the tokenizer has no tokens for waypoint text (digits, brackets)")
+        self.answer_close = self.closing_ids[0]  # the model may close early (a failure)
+        self.waypoint_allowed[self.answer_close] = True
 
     # --- public --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -300,7 +338,7 @@ class Planner:
             second_per_grid_ts=batch.get("second_per_grid_ts"),
             attention_mask=batch["attention_mask"],
         )
-        start_phase = {"auto": "choose", "fast": "actions", "slow": "reason"}[mode]
+        start_phase = {"auto": "choose", "fast": self.answer_phase, "slow": "reason"}[mode]
         rows = [
             _Row(
                 start_phase,
@@ -339,11 +377,14 @@ class Planner:
     def _allowed_masks(self, device: torch.device) -> dict[str, torch.Tensor]:
         choose = torch.zeros_like(self.action_allowed)
         choose[[self.fast_ids[self.common], self.slow_ids[self.common]]] = True
-        return {
+        masks = {
             "choose": choose.to(device),
             "reason": self.reason_allowed.to(device),
             "actions": self.action_allowed.to(device),
         }
+        if self.waypoints:
+            masks["waypoints"] = self.waypoint_allowed.to(device)
+        return masks
 
     def _choose(
         self, logits: torch.Tensor, phase_mask: torch.Tensor, act: Any, choice: _Choice
@@ -369,13 +410,15 @@ class Planner:
             row.pending = []
             if row.phase == "choose":
                 if tok_id == self.fast_ids[self.common]:
-                    row.mode, row.phase = "fast", "actions"
+                    row.mode, row.phase = "fast", self.answer_phase
                     row.feed(self.fast_ids[self.common :] + self.close_ids, True)
                 else:
                     row.mode, row.phase = "slow", "reason"
                     row.feed(self.slow_ids[self.common :], True)
             elif row.phase == "reason":
                 self._reason_step(row, tok_id)
+            elif row.phase == "waypoints":
+                self._waypoint_step(row, tok_id)
             elif row.phase == "actions":
                 row.actions.append(tok_id)
                 if len(row.actions) == FUTURE_STEPS:
@@ -384,6 +427,23 @@ class Planner:
                     row.pending = []  # nothing follows: no need to run the model on it
                 else:
                     row.feed([tok_id], True)
+
+    def _waypoint_step(self, row: _Row, tok_id: int) -> None:
+        """One token of waypoint text; the answer closes when the model starts the close, at
+        the tenth ")" or at the token cap (the closing text is then forced, not run)."""
+        if tok_id == self.answer_close:
+            row.phase = "done"
+            row.feed(self.closing_ids, True)
+        else:
+            row.answer_ids.append(tok_id)
+            row.points += self.parens[tok_id]
+            if row.points < FUTURE_STEPS and len(row.answer_ids) < self.vla.fmt.max_waypoint_tokens:
+                row.feed([tok_id], True)
+                return
+            row.answer_capped = row.points < FUTURE_STEPS
+            row.phase = "done"
+            row.feed([tok_id, *self.closing_ids], True)
+        row.pending = []  # nothing follows: no need to run the model on it
 
     def _expected_actions(self, logits: torch.Tensor) -> torch.Tensor:
         """Token ids whose end contour is nearest the nucleus-weighted mean end contour."""
@@ -405,7 +465,7 @@ class Planner:
         tok = self.vla.tokenizer
         row.reasoning_ids.append(tok_id)
         if self.close_token is not None and tok_id == self.close_token:
-            row.phase = "actions"
+            row.phase = self.answer_phase
             row.feed([tok_id, *self.close_ids[1:]], True)
             return
         if self.close_token is None:
@@ -417,13 +477,13 @@ class Planner:
                 rest = (
                     rest[len(done) :] if rest.startswith(done) else rest[len(self.close_marker) :]
                 )
-                row.phase = "actions"
+                row.phase = self.answer_phase
                 row.feed([tok_id, *_ids(tok, rest)], True)
                 return
         if len(row.reasoning_ids) >= self.max_reasoning_tokens:
             text = tok.decode(row.reasoning_ids, skip_special_tokens=False)
             close = ("" if text.endswith("\n") else "\n") + self.close_text
-            row.phase = "actions"
+            row.phase = self.answer_phase
             row.capped = True
             row.feed([tok_id, *_ids(tok, close)], True)
             return
@@ -558,10 +618,28 @@ class Planner:
         return dec
 
     # --- results ---------------------------------------------------------------------------
+    def _parse_waypoints(self, row: _Row) -> tuple[np.ndarray, str | None]:
+        """A waypoint row's trajectory and parse error (standing still when it failed)."""
+        text = self.vla.tokenizer.decode(row.answer_ids, skip_special_tokens=False)
+        parsed = parse_waypoints(text)
+        if parsed.xy is not None:
+            return waypoint_trajectory(np.asarray(parsed.xy)), None
+        error = parsed.error
+        if row.answer_capped:
+            error = f"{error} (the text reached the {self.vla.fmt.max_waypoint_tokens}-token cap)"
+        return np.zeros((FUTURE_STEPS, 3)), error
+
     def _results(self, samples, num_samples, rows, timings, logprobs) -> list[PlanResult]:
         vla, tok = self.vla, self.vla.tokenizer
-        codes = torch.tensor([vla.action_ids_to_tokens(r.actions) for r in rows])
-        trajs = vla.codebook.decode(codes).detach().cpu().numpy().astype(np.float64)
+        errors: list[str | None] = [None] * len(rows)
+        if self.waypoints:
+            codes = torch.zeros(len(rows), 0, dtype=torch.long)
+            trajs = np.zeros((len(rows), FUTURE_STEPS, 3))
+            for i, row in enumerate(rows):
+                trajs[i], errors[i] = self._parse_waypoints(row)
+        else:
+            codes = torch.tensor([vla.action_ids_to_tokens(r.actions) for r in rows])
+            trajs = vla.codebook.decode(codes).detach().cpu().numpy().astype(np.float64)
         results = []
         for i, row in enumerate(rows):
             body = row.completion[:-1] if row.completion[-1:] == [self.eot_id] else row.completion
@@ -581,8 +659,13 @@ class Planner:
                     sampled_mask=list(row.sampled),
                     logprobs=list(row.logprobs) if logprobs else None,
                     reasoning_capped=row.capped,
+                    parse_error=errors[i],
                 )
             )
+        failed = sum(e is not None for e in errors)
+        if failed:
+            log.info("%d of %d waypoint answers did not parse (planned as standing still)",
+                     failed, len(rows))  # fmt: skip
         capped = sum(r.capped for r in rows)
         if capped:
             log.info(
@@ -590,6 +673,16 @@ class Planner:
                 capped, len(rows), self.max_reasoning_tokens,
             )  # fmt: skip
         return results
+
+
+def waypoint_trajectory(xy: np.ndarray) -> np.ndarray:
+    """(10, 3) poses from (10, 2) waypoints: the heading of each point is the direction of the
+    path there (central differences; kept where the vehicle moves less than 5 cm, which the
+    two-decimal rounding alone could otherwise turn into a heading)."""
+    from autovla.geometry import headings_from_path
+
+    xy = np.asarray(xy, dtype=np.float64)
+    return np.concatenate([xy, headings_from_path(xy, central=True, min_step=0.05)[:, None]], 1)
 
 
 def _append_tokens(batch: dict[str, torch.Tensor], ids: list[int]) -> dict[str, torch.Tensor]:

@@ -8,24 +8,35 @@ Answer structure (docs/method.md section 2):
 
     think_open + (fast_line | slow_line + reasoning) + think_close
     + action_open + <action_a1>...<action_a10> + action_close
+
+A format with `answer_kind: waypoints` (the paper's text-waypoint ablation, docs/method.md
+section 8) writes the ten poses as text in the answer block instead of action tokens:
+
+    ... + action_open + " (1.25, 0.00) (2.51, 0.01) ... (x10, y10)" + action_close
+
+x forward and y left in metres with two decimals (`render_waypoints`); `parse_waypoints` reads
+them back and says why when it cannot.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autovla.config import ConfigError, StrictModel, parse_yaml, short_repr, validation_message
-from autovla.data.schema import STANDARD_CAMERAS, DrivingSample
+from autovla.data.schema import FUTURE_STEPS, STANDARD_CAMERAS, DrivingSample
 
 Mode = Literal["fast", "slow"]
 SystemKind = Literal["dual", "action_only"]
+AnswerKind = Literal["action_tokens", "waypoints"]
 
 FORMATS_DIR = Path(__file__).parent / "prompt_formats"
 DEFAULT_FORMAT = "autovla-v1"
@@ -129,12 +140,32 @@ class PromptFormat(StrictModel):
     action_close: str
     structure_tokens: list[str] = Field(default_factory=list)
     max_reasoning_tokens: int = Field(default=512, ge=1)
+    answer_kind: AnswerKind = Field(
+        default="action_tokens",
+        description="what the answer block holds: 10 action tokens, or 10 (x, y) waypoints as text",
+    )
+    max_waypoint_tokens: int = Field(
+        default=160, ge=FUTURE_STEPS, description="generation cap for the waypoint text (tokens)"
+    )
 
     @field_validator("user_state")
     @classmethod
     def _safe_template(cls, v: str) -> str:
         parse_user_state(v)
         return v
+
+    @model_validator(mode="after")
+    def _waypoint_close(self) -> PromptFormat:
+        # The planner ends the waypoint text when the model starts the close: the close must
+        # not begin with a character the waypoints themselves use.
+        if self.answer_kind == "waypoints" and (
+            not self.action_close or self.action_close[0] in WAYPOINT_CHARS
+        ):
+            raise ValueError(
+                "action_close of a waypoint format must start with a character the waypoints "
+                f"do not use (not one of {''.join(sorted(WAYPOINT_CHARS))!r})"
+            )
+        return self
 
     # --- files ---------------------------------------------------------------------------
     @classmethod
@@ -260,13 +291,38 @@ def reasoning_block(reasoning: str) -> str:
     return reasoning.strip() + "\n"
 
 
-def render_answer(action_ids: list[int], reasoning: str | None, fmt: PromptFormat) -> str:
-    """The full assistant answer: fast when reasoning is empty/None, slow otherwise."""
+def _answer(body: str, reasoning: str | None, fmt: PromptFormat) -> str:
     if reasoning is not None and reasoning.strip():
         head = fmt.slow_marker + reasoning_block(reasoning)
     else:
         head = fmt.fast_marker
-    return head + fmt.think_close + fmt.action_open + _action_text(action_ids) + fmt.action_close
+    return head + fmt.think_close + fmt.action_open + body + fmt.action_close
+
+
+def render_answer(action_ids: list[int], reasoning: str | None, fmt: PromptFormat) -> str:
+    """The full assistant answer: fast when reasoning is empty/None, slow otherwise."""
+    if fmt.answer_kind != "action_tokens":
+        raise ValueError(
+            f"prompt format {fmt.name!r} answers with {fmt.answer_kind}, not action tokens "
+            "(render_waypoint_answer)"
+        )
+    return _answer(_action_text(action_ids), reasoning, fmt)
+
+
+def render_waypoint_answer(xy: Any, reasoning: str | None, fmt: PromptFormat) -> str:
+    """The full assistant answer of a waypoint format: the (10, >=2) poses as text."""
+    if fmt.answer_kind != "waypoints":
+        raise ValueError(f"prompt format {fmt.name!r} answers with {fmt.answer_kind}")
+    return _answer(render_waypoints(xy), reasoning, fmt)
+
+
+def require_action_tokens(fmt: PromptFormat, what: str) -> None:
+    """Refuse a waypoint-answer format where only action-token answers are supported."""
+    if fmt.answer_kind != "action_tokens":
+        raise PromptFormatError(
+            f"{what} supports action-token answers only; the model's prompt format "
+            f"{fmt.name!r} answers with {fmt.answer_kind}"
+        )
 
 
 def parse_answer(text: str, fmt: PromptFormat) -> tuple[Mode | None, str | None, str]:
@@ -301,3 +357,60 @@ def parse_answer(text: str, fmt: PromptFormat) -> tuple[Mode | None, str | None,
 def action_ids_from_text(action_text: str) -> list[int]:
     """Codebook indices of the `<action_i>` tokens in a text, in order."""
     return [int(m) for m in _ACTION_RE.findall(action_text)]
+
+
+# --- text waypoints (answer_kind: waypoints) -------------------------------------------------
+WAYPOINT_DECIMALS = 2
+# Every character the waypoint text may hold: the planner only lets the model write tokens
+# made of these while it writes the waypoints.
+WAYPOINT_CHARS = frozenset("0123456789-.,() ")
+_NUM = r"-?\d+(?:\.\d+)?"
+_POINT_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
+
+
+def _number(v: float) -> str:
+    r = round(float(v), WAYPOINT_DECIMALS) + 0.0  # + 0.0: no "-0.00"
+    return f"{r:.{WAYPOINT_DECIMALS}f}"
+
+
+def render_waypoints(xy: Any) -> str:
+    """ " (x1, y1) (x2, y2) ... (x10, y10)": metres, two decimals, a space before each point
+    (a point then starts a pre-token of its own, so its tokens do not depend on the text
+    before it)."""
+    import numpy as np
+
+    p = np.asarray(xy, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != FUTURE_STEPS or p.shape[1] < 2:
+        raise ValueError(f"waypoints must be ({FUTURE_STEPS}, >=2), got shape {p.shape}")
+    if not np.all(np.isfinite(p[:, :2])):
+        raise ValueError("waypoints must be finite")
+    return "".join(f" ({_number(x)}, {_number(y)})" for x, y in p[:, :2])
+
+
+@dataclass(frozen=True)
+class WaypointParse:
+    """The waypoints read from an answer ((10, 2) metres), or why they could not be read."""
+
+    xy: tuple[tuple[float, float], ...] | None = None
+    error: str | None = None
+
+
+def parse_waypoints(text: str) -> WaypointParse:
+    """Exactly ten "(x, y)" points separated by white space, nothing else; otherwise an error
+    saying what was found (fewer or more points, or text that is not a point)."""
+    pos, points = 0, []
+    for m in _POINT_RE.finditer(text):
+        gap = text[pos : m.start()]
+        if gap.strip():
+            return WaypointParse(error=f"unexpected text {short_repr(gap.strip())} at char {pos}")
+        x, y = float(m[1]), float(m[2])
+        if not (math.isfinite(x) and math.isfinite(y)):  # hundreds of digits overflow
+            return WaypointParse(error=f"waypoint {len(points) + 1} is not a finite number")
+        points.append((x, y))
+        pos = m.end()
+    rest = text[pos:].strip()
+    if rest:
+        return WaypointParse(error=f"unexpected text {short_repr(rest)} at char {pos}")
+    if len(points) != FUTURE_STEPS:
+        return WaypointParse(error=f"{len(points)} waypoints, expected {FUTURE_STEPS}")
+    return WaypointParse(xy=tuple(points))

@@ -3,6 +3,8 @@
 Runs inside DataLoader workers, so images are decoded and tokenized off the training thread.
 Dual thinking: a sample with reasoning gets the slow answer (mode line + chain of thought),
 the rest the fast answer. Action-only: the action-only system prompt and no reasoning at all.
+A waypoint prompt format (`answer_kind: waypoints`) answers with the future's positions as
+text instead of action tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ class SFTCollator:
         self.variant, self.lambda_cot = variant, lambda_cot
 
     def answers(self, items: Sequence[Item]) -> tuple[list[str], list[bool]]:
-        from autovla.model.prompts import render_answer
+        """The answer texts and which are slow. Action-token formats encode the future with
+        the codebook; waypoint formats write its (x, y) positions as text (the answer has no
+        action tokens, so the loss is the LM loss alone)."""
+        from autovla.model.prompts import render_answer, render_waypoint_answer
 
         futures = []
         for it in items:
@@ -45,12 +50,16 @@ class SFTCollator:
                     "training needs the ground-truth future"
                 )
             futures.append(it.sample.future_array())
-        ids = self.codebook.encode(torch.from_numpy(np.stack(futures)).float()).tolist()
         slow = [self.variant == "dual" and has_reasoning(it.sample) for it in items]
-        texts = [
-            render_answer(row, it.sample.reasoning if s else None, self.fmt)
-            for row, it, s in zip(ids, items, slow, strict=True)
-        ]
+        reasoning = [it.sample.reasoning if s else None for it, s in zip(items, slow, strict=True)]
+        if self.fmt.answer_kind == "waypoints":
+            texts = [
+                render_waypoint_answer(f, r, self.fmt)
+                for f, r in zip(futures, reasoning, strict=True)
+            ]
+            return texts, slow
+        ids = self.codebook.encode(torch.from_numpy(np.stack(futures)).float()).tolist()
+        texts = [render_answer(row, r, self.fmt) for row, r in zip(ids, reasoning, strict=True)]
         return texts, slow
 
     def __call__(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:

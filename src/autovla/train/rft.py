@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autovla.model.prompts import require_action_tokens
 from autovla.train import model_setup as ms
 from autovla.train.data import MixedStream, sources_of
 from autovla.train.grpo import group_advantages, grpo_loss, nan_std
@@ -69,6 +70,8 @@ class RFT(Stage):
         self.run = run = Run(cfg, wrap=PolicyLogprobs, refuse_sharded=SHARDED)
         with run.closed_on_error():  # release the output folder if set-up fails
             self.acc, self.vla, self.raw = run.acc, run.vla, run.raw
+            # the policy terms and rewards read action tokens (rft_policy's phases)
+            require_action_tokens(self.vla.fmt, "train rft")
             self.ref = None  # the reference: the LoRA base (adapters off), or a frozen copy
             if run.peft is None:
                 # resumed: the policy has moved, the reference is the model the run started from
