@@ -16,7 +16,7 @@
 # dependencies; nothing is installed here. Missing packages can travel as wheels: install them
 # first (pip install --no-index --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site) - see
 # benchmarks/README.md for the list. Part time limits (seconds) can be changed with
-# T_MODEL, T_PLANNER, T_COMPILED, T_SFT, T_RFT.
+# T_MODEL, T_PLANNER, T_COMPILED, T_SFT, T_RFT; every part runs with $PYTHON (default python3).
 set -uo pipefail
 
 CPU=0

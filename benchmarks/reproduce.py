@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from autovla.config import recipe_path
-from autovla.demo import DemoError, Stage, link_final, run_stages
+from autovla.demo import DemoError, Stage, run_stages
 from autovla.io import atomic_open
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,8 +339,7 @@ def sft_stage(
 
     per_sample = COSTS["sft_sample_waypoints" if "waypoints" in init else "sft_sample"]
 
-    def finish() -> None:
-        link_final(run_dir)()
+    def finish() -> None:  # the trainer keeps run_dir/final at its last checkpoint
         final = p.model(name)
         final.parent.mkdir(parents=True, exist_ok=True)
         final.unlink(missing_ok=True)
@@ -379,8 +378,7 @@ def rft_stage(p: Plan, experiment: str, seed: int) -> str:
             },
         )
 
-    def finish() -> None:
-        link_final(run_dir)()
+    def finish() -> None:  # the trainer keeps run_dir/final at its last checkpoint
         final = p.model(name)
         final.unlink(missing_ok=True)
         final.symlink_to((run_dir / "final").resolve())

@@ -44,7 +44,7 @@ def test_validate_names_every_corrupted_record(small_dataset, tmp_path):
     assert ":5: malformed JSON" in out
     assert "(id 's0005'): field 'cameras.front.2': image not found" in out
     assert "(id 's0000'): field 'cameras.front_left.0': image does not decode" in out
-    assert "5 errors in 5 records (1 records valid)" in out
+    assert "5 errors in 5 records (1 record valid)" in out
 
 
 def test_stats_table(small_dataset):
@@ -58,3 +58,10 @@ def test_stats_table(small_dataset):
 def test_missing_dataset_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["data", "validate", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "dataset not found" in result.output
+
+
+def test_validate_empty_dataset_says_so(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text("")
+    r = runner.invoke(app, ["data", "validate", str(tmp_path)])
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == f"error: {tmp_path}: no records"

@@ -116,9 +116,32 @@ def test_expected_error_with_markup_characters_is_printed_verbatim(tmp_path):
     assert r.stderr == f"error: {weird}: no such model directory\n"
 
 
-def test_usage_errors_stay_with_click():
-    r = runner.invoke(app, ["sim", "types", "--no-such-option"])
-    assert r.exit_code == 2 and "No such option" in r.output
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["sim", "types", "--no-such-option"], "No such option: --no-such-option"),
+        (["--no-such-option"], "No such option: --no-such-option"),  # the root's own options
+        (["train", "sft"], "Missing option '--config'"),
+        (["eval", "open-loop", "--data", "d", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_usage_errors_are_one_line_with_click_exit_code(args, says):
+    """A usage error is one `error:` line naming the command, with a --help hint, and keeps
+    click's exit code 2 (no box drawn around it)."""
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("error: ") and says in line and line.endswith("--help)")
+
+
+def test_help_shows_no_value_for_flags():
+    """`--all` takes no value: help shows none (recent typer would print `<bool>`)."""
+    r = runner.invoke(app, ["annotate", "rules", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    (line,) = [x for x in r.output.splitlines() if "--all" in x]
+    assert "<bool>" not in line and "bool" not in line.lower().split("--all", 1)[1][:12]
+    (seed,) = [x for x in r.output.splitlines() if "--seed" in x]
+    assert "int" in seed.lower()  # options that take a value still show its type
 
 
 @pytest.mark.parametrize(

@@ -62,3 +62,14 @@ def test_bad_input(tmp_path, expert_run):
     assert result.exit_code == 1 and "exists" in result.output
     result = runner.invoke(app, ["eval", "closed-loop", "--out", str(tmp_path / "y")])
     assert result.exit_code == 1 and "exactly one of" in result.output
+
+
+def test_cli_table_shows_the_penalty_and_off_road(tmp_path):
+    """The printed table has the driving score's factors: the infraction penalty includes
+    driving off road, which no infraction count shows."""
+    r = runner.invoke(app, ["eval", "closed-loop", "--out", str(tmp_path / "cl"), "--baseline",
+                            "constant-velocity", "--scenarios", "1", "--types", "free_cruise",
+                            "--no-report"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for row in ("driving_score", "route_completion", "infraction_penalty", "off_road_fraction"):
+        assert row in r.output

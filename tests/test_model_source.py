@@ -76,8 +76,28 @@ def test_pretrained_directory_builds_a_fresh_model(qwen_dir, codebook_file):
     )
     with pytest.raises(ValueError, match="not an AutoVLA directory"):
         load_vla(ModelSource(path=str(qwen_dir)))
-    with pytest.raises(CheckpointError, match="not available offline"):
-        load_vla(ModelSource(path=str(qwen_dir / "nope"), codebook=str(codebook_file)))
+    missing = qwen_dir / "nope"
+    for src in (
+        ModelSource(path=str(missing), codebook=str(codebook_file)),
+        ModelSource(path=str(missing)),
+    ):
+        with pytest.raises(CheckpointError, match=rf"model\.path {missing}: no such directory"):
+            load_vla(src)
+
+
+def test_published_preset_without_its_weights_is_an_error_unless_random(tmp_path, monkeypatch):
+    """qwen2.5-vl-3b without a downloaded copy: an error naming the keys to set, never a
+    silent random-weight build (model.random_weights opts in)."""
+    from autovla.train import model_setup
+
+    monkeypatch.setattr("autovla.model.backbone.resolve_pretrained", lambda name: None)
+    src = ModelSource(preset="qwen2.5-vl-3b", codebook="cb.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.path=.*model\.random_weights=true"):
+        model_setup.check_weights_available(src, "qwen2.5-vl-3b")
+    opted = ModelSource(preset="qwen2.5-vl-3b", codebook="cb.safetensors", random_weights=True)
+    model_setup.check_weights_available(opted, "qwen2.5-vl-3b")  # no error
+    with pytest.raises(ValueError, match="random_weights"):
+        ModelSource(path="some/dir", random_weights=True)
 
 
 def test_autovla_directory_wins_over_the_preset(tmp_path, codebook_file):

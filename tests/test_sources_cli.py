@@ -86,3 +86,37 @@ def test_navsim_and_nuscenes_commands(tmp_path: Path) -> None:
     assert len(load_samples(out)) == 3
     r = runner.invoke(app, ["data", "validate", str(out)])
     assert r.exit_code == 0, r.output
+
+
+def test_scene_lists_select_what_is_converted(tmp_path: Path) -> None:
+    """NAVSIM --scene-filter (stride 1 by default with it, as NAVSIM's filters list scenes
+    starting at any frame) and nuScenes --scenes with the split name they get."""
+    from test_sources_navsim import make_frames, write_log
+    from test_sources_nuscenes import build_tree
+
+    write_log(tmp_path, make_frames(tmp_path))  # 16 frames: scenes tok03, tok04, tok05
+    (tmp_path / "navtest.yaml").write_text("tokens:\n  - tok05\n  - tok99\n")
+    out = tmp_path / "navsim-out"
+    r = runner.invoke(app, ["data", "convert", "navsim", "--logs", str(tmp_path / "navsim_logs"),
+                            "--sensor-blobs", str(tmp_path / "sensor_blobs"), "--out", str(out),
+                            "--quiet", "--any-frame", "--scene-filter",
+                            str(tmp_path / "navtest.yaml")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [s.id for s in load_samples(out)] == ["navsim-tok05"]
+    summary = json.loads(next(out.glob("summary-*.json")).read_text())
+    assert summary["samples_skipped"] == {"filtered: not in the scene filter": 2}
+
+    build_tree(tmp_path / "nusc")  # one scene, scene-0061
+    names = tmp_path / "val.txt"
+    names.write_text("# the official val list, cut down\nscene-0061\n")
+    base = ["data", "convert", "nuscenes", "--dataroot", str(tmp_path / "nusc"), "--quiet"]
+    out = tmp_path / "nusc-out"
+    r = runner.invoke(app, [*base, "--out", str(out), "--scenes", str(names), "--split", "val"])
+    assert r.exit_code == 0, r.output
+    assert {s.split for s in load_samples(out)} == {"val"} and len(load_samples(out)) == 3
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "o2"), "--scenes", str(names)])
+    assert r.exit_code == 1 and "--scenes needs --split" in r.output
+    names.write_text("scene-0061\nscene-9999\n")
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "o3"), "--scenes", str(names),
+                            "--split", "val"])  # fmt: skip
+    assert r.exit_code == 1 and "scene-9999" in r.output and "Traceback" not in r.output

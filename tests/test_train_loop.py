@@ -130,6 +130,27 @@ def test_metrics_do_not_repeat_steps_after_a_resume(tmp_path):
     assert [r["step"] for r in _records(out)] == [1, 2, 3]
 
 
+def test_final_links_the_last_checkpoint_and_a_foreign_final_is_refused(tmp_path):
+    """run_dir/final (what the next stage and the docs read) follows every save, relative so
+    the run folder can move; a `final` the trainer did not make stops the run before it trains."""
+    from autovla.train.sft import train_sft
+
+    train_sft(_cfg(tmp_path, train={"max_steps": 2}, output={"save_every": 1}))
+    link = tmp_path / "run" / "final"
+    assert link.is_symlink() and os.readlink(link) == os.path.join("checkpoints", "step-00000002")
+    assert (link / "autovla.json").is_file()
+    train_sft(_cfg(tmp_path, train={"max_steps": 3}))  # resumed: the link moves on
+    assert os.readlink(link) == os.path.join("checkpoints", "step-00000003")
+    assert not [p for p in link.parent.iterdir() if p.name.startswith(".final")]  # no temp left
+
+    (tmp_path / "b" / "run" / "final").mkdir(parents=True)
+    with pytest.raises(ckpt.OutputDirError, match="final is not a link"):
+        train_sft(_cfg(tmp_path / "b", train={"max_steps": 1}))
+    assert not (tmp_path / "b" / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "b" / "run" / "checkpoints").iterdir()
+    )
+
+
 # --- guards ------------------------------------------------------------------------------------
 def test_diverging_lr_stops_with_a_named_error_and_keeps_the_good_checkpoint(tmp_path):
     """lr 1e8: step 1 is still finite (saved), step 2 is not: the run stops with the error,

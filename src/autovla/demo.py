@@ -79,27 +79,12 @@ def _write_yaml(path: Path, data: dict) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
 
 
-def link_final(run_dir: Path) -> Callable[[], None]:
-    """`run_dir/final` -> the last checkpoint, so later stages have one stable path."""
-
-    def link() -> None:
-        from autovla.train.checkpointing import latest_checkpoint
-
-        last = latest_checkpoint(run_dir / "checkpoints")
-        if last is None:
-            raise DemoError(f"no checkpoint was written under {run_dir / 'checkpoints'}")
-        final = run_dir / "final"
-        final.unlink(missing_ok=True)
-        final.symlink_to(last.relative_to(run_dir))
-
-    return link
-
-
 def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
     """The pipeline, in order; paths all under `out`."""
     data = out / "data"
     codebook = out / "codebook.safetensors"
     sft_dir, rft_dir = out / "sft", out / "rft"
+    # the trainer keeps <output.dir>/final pointing at its last checkpoint
     sft_model, rft_model = sft_dir / "final", rft_dir / "final"
     runs = out / "runs"
     cfg_dir = out / "configs"
@@ -180,7 +165,6 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
             ["train", "sft", "--config", str(cfg_dir / "sft.yaml")],
             [sft_model],
             prepare=write_sft_config,
-            finish=link_final(sft_dir),
         ),
         Stage(
             "rft",
@@ -188,7 +172,6 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
             ["train", "rft", "--config", str(cfg_dir / "rft.yaml")],
             [rft_model],
             prepare=write_rft_config,
-            finish=link_final(rft_dir),
         ),
     ]
     planners = {

@@ -35,12 +35,15 @@ def fit(
     out: Path = typer.Option(..., "--out", help="Output .safetensors file."),
 ) -> None:
     """Fit a K-disk codebook on the 0.5 s segments (history and future) of datasets."""
-    from autovla.tokenizer.fit import fit_from_datasets
+    from autovla.tokenizer.fit import NotEnoughSegmentsError, fit_from_datasets
 
     dirs = _dirs(data, extra)
-    cb = fit_from_datasets(
-        dirs, size, tol, seed, max_segments=max_segments, split=split, allow_fewer=allow_fewer
-    )
+    try:
+        cb = fit_from_datasets(
+            dirs, size, tol, seed, max_segments=max_segments, split=split, allow_fewer=allow_fewer
+        )
+    except NotEnoughSegmentsError as e:
+        raise e.worded_for("--allow-fewer") from None
     cb.save(out)
     m = cb.meta
     console.print(

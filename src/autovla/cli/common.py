@@ -111,17 +111,70 @@ def report_error(exc: BaseException, debug: bool = False) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _click_exception() -> type[Exception]:
+    """The ClickException class of the click that typer runs on (recent typer ships its own)."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # older typer: the click package
+        from click.exceptions import ClickException
+    return ClickException
+
+
+def usage_error(exc: Exception) -> typer.Exit:
+    """A usage error (unknown option, missing or extra argument, bad value) as one plain line
+    on stderr, like every other error; the exit code stays click's (2 for usage errors)."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    typer.echo(f"error: {where}{one_line(exc.format_message())}{hint}", err=True)  # type: ignore[attr-defined]
+    return typer.Exit(getattr(exc, "exit_code", 2))
+
+
 class ErrorPolicyGroup(TyperGroup):
     """The root command group: runs every command under the error policy."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        # the root's own options and arguments are parsed here, outside `invoke`
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _click_exception() as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: not an error
+                raise
+            raise usage_error(exc) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):  # exits, usage errors: click's job
+        except _click_exception() as exc:  # a subcommand's usage error
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            raise usage_error(exc) from None
+        except (typer.Exit, typer.Abort, TyperException):  # exits: click's job
             raise
         except Exception as exc:
             debug = bool(ctx.params.get("debug")) or debug_enabled()
             raise report_error(exc, debug) from None
+
+
+def _flags_take_no_value() -> None:
+    """Help shows an option's value type (`--seed <int>`); recent typer shows one for flags
+    too (`--all <bool>`), as if they took a value. Flags show none, as in click's own help."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_flags_hidden", False):  # older typer: already right
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._flags_hidden = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

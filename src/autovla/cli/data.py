@@ -33,9 +33,18 @@ def validate(
     if len(errors) > max_errors:
         console.print(f"... and {len(errors) - max_errors} more")
     if errors:
-        bad = len({(e.file, e.line) for e in errors})
-        raise fail(f"{len(errors)} errors in {bad} records ({valid} records valid)")
-    console.print(f"ok: {valid} records valid")
+        bad = len({(e.file, e.line) for e in errors if e.line > 0})  # line 0: the whole dataset
+        if bad == 0 and valid == 0:
+            raise fail(f"{path}: no records")
+        raise fail(
+            f"{_count(len(errors), 'error')} in {_count(bad, 'record')} "
+            f"({_count(valid, 'record')} valid)"
+        )
+    console.print(f"ok: {_count(valid, 'record')} valid")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 @app.command()
@@ -137,8 +146,17 @@ def navsim(
         "--split",
         help="Split name written to the samples (default: the logs' folder, navsim_logs/<split>/).",
     ),
-    stride: int = typer.Option(
-        14, "--stride", help="Frames between scene starts (14: no overlap)."
+    stride: int | None = typer.Option(
+        None,
+        "--stride",
+        help="Frames between scene starts (default 14, no overlap; 1 with --scene-filter, since "
+        "NAVSIM's filters list scenes starting at every frame).",
+    ),
+    scene_filter: Path | None = typer.Option(
+        None,
+        "--scene-filter",
+        help="Convert only these scenes: tokens one per line, or NAVSIM's scene-filter YAML "
+        "with a `tokens` list (navtrain.yaml, navtest.yaml).",
     ),
     roadblocks: bool = typer.Option(
         True,
@@ -156,7 +174,14 @@ def navsim(
     quiet: bool = _QUIET,
 ) -> None:
     """NAVSIM / OpenScene log pickles -> samples (4 history + 10 future frames per scene)."""
+    from autovla.data.scene_filter import read_scene_filter
     from autovla.data.sources.navsim import NavsimConverter
+
+    tokens = read_scene_filter(scene_filter) if scene_filter is not None else None
+    if stride is None:
+        stride = 1 if tokens is not None else 14
+    if stride < 1:
+        raise fail(f"--stride must be at least 1, got {stride}")
 
     def make(images):
         return NavsimConverter(
@@ -168,6 +193,7 @@ def navsim(
             require_roadblocks=roadblocks,
             images=images,
             trust_pickles=trust_pickles,
+            scene_filter=tokens,
         )
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "navsim")
@@ -178,7 +204,15 @@ def nuscenes(
     dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes root (samples/, v1.0-*/)."),
     version: str = typer.Option("v1.0-mini", "--version", help="v1.0-mini | v1.0-trainval."),
     out: Path = typer.Option(..., "--out", help="Output dataset directory."),
-    split: str | None = typer.Option(None, "--split", help="Split name (default from --version)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split name written to the samples (default from --version)."
+    ),
+    scenes: Path | None = typer.Option(
+        None,
+        "--scenes",
+        help="Convert only the scenes named in this file, one per line (e.g. the official "
+        "train or val list, docs/real-datasets.md); give --split with it.",
+    ),
     can_bus: Path | None = typer.Option(
         None, "--can-bus", help="CAN-bus expansion dir (default: <dataroot>/can_bus if present)."
     ),
@@ -197,7 +231,12 @@ def nuscenes(
     quiet: bool = _QUIET,
 ) -> None:
     """nuScenes keyframes -> samples (JSON tables read directly, no devkit)."""
+    from autovla.data.scene_filter import read_scene_filter
     from autovla.data.sources.nuscenes import NuScenesConverter
+
+    names = read_scene_filter(scenes) if scenes is not None else None  # one name per line
+    if names is not None and split is None:
+        raise fail("--scenes needs --split: the split name those scenes get (e.g. train, val)")
 
     def make(images):
         return NuScenesConverter(
@@ -209,6 +248,7 @@ def nuscenes(
             drivelm=drivelm,
             images=images,
             instruction_rule=instruction_rule,
+            scenes=names,
         )
 
     _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "nuscenes")
@@ -227,13 +267,15 @@ def waymo(
     workers: int = _WORKERS,
     shard: str | None = _SHARD,
     skip_bad: bool = _SKIP_BAD,
-    copy_images: bool = _COPY,
-    size: str | None = _SIZE,
+    size: str | None = typer.Option(
+        None, "--size", help="WxH: resize the JPEGs written under --out, e.g. 640x360."
+    ),
     quiet: bool = _QUIET,
 ) -> None:
     """Waymo E2E tfrecords -> samples (own record reader with CRC checks; no TensorFlow).
 
-    JPEGs are always written under --out; --size resizes them.
+    The camera images live inside the records, so their JPEGs are always written under
+    --out (there is nothing to reference in place); --size resizes them.
     """
     import glob
 
@@ -248,7 +290,7 @@ def waymo(
     def make(images):
         return WaymoConverter(files, out, split=split, images=images, clusters=cluster_map)
 
-    _run_convert(make, out, workers, shard, skip_bad, copy_images, size, quiet, "waymo")
+    _run_convert(make, out, workers, shard, skip_bad, False, size, quiet, "waymo")
 
 
 # --- metric caches (PDM-score inputs) ----------------------------------------------------

@@ -232,7 +232,7 @@ def closed_loop(
     report: bool = typer.Option(True, help="Also write report.html."),
 ) -> None:
     """Drive embedded-world scenarios, replanning at 2 Hz: driving score, infractions, success."""
-    from autovla.eval.closed_loop import render_closed_loop_report, run_closed_loop
+    from autovla.eval.closed_loop import CL_KEYS, render_closed_loop_report, run_closed_loop
 
     if (model is None) == (baseline is None):
         raise fail("give exactly one of --model DIR or --baseline NAME")
@@ -272,7 +272,9 @@ def closed_loop(
         table(
             f"closed loop: {results['planner']}",
             ["metric", "value"],
-            [(k, o[k]) for k in ("n", "driving_score", "route_completion", "success_rate")]
+            # the report's rows: driving score = route completion x infraction penalty, and
+            # the penalty includes driving off road, which no infraction count shows
+            [(k, o[k]) for k in CL_KEYS if o.get(k) is not None]
             + [(f"infractions/episode: {k}", v) for k, v in o["infractions_per_episode"].items()],
         )
     )

@@ -29,7 +29,11 @@ def plan(
     action_choice: str = typer.Option("argmax", help=ACTION_CHOICE_HELP),
     decoding: str = typer.Option("auto", help=DECODING_HELP),
     seed: int = typer.Option(0, help="Sampling seed."),
-    out: Path = typer.Option(None, help="Write plan.png and plan.json here."),
+    out: Path = typer.Option(
+        None,
+        help="Write plan_<sample id>.png (bird's-eye view and front camera) and "
+        "plan_<sample id>.json here.",
+    ),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)."),
 ) -> None:
     """Plan one sample: prints the trajectory, the mode and the reasoning."""

@@ -38,7 +38,7 @@ LOCATION_ALIASES = {"las_vegas": "us-nv-las-vegas-strip"}  # as NAVSIM's scenari
 # Map object kinds. The first five match the metric cache's drivable-map types.
 LANE, LANE_CONNECTOR, ROADBLOCK, INTERSECTION, CARPARK_AREA, ROADBLOCK_CONNECTOR = range(6)
 
-# GeoPackage tables and the columns read from each (NAVSIM_PDM facts; docs/navsim.md).
+# GeoPackage tables and the columns read from each (docs/navsim.md, section 2).
 TABLES: dict[str, tuple[str, ...]] = {
     "lanes_polygons": ("lane_group_fid", "speed_limit_mps"),
     "lane_connectors": (

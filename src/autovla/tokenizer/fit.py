@@ -35,12 +35,18 @@ log = logging.getLogger(__name__)
 class NotEnoughSegmentsError(ValueError):
     """The data ran out before K tokens were found."""
 
-    def __init__(self, found: int, size: int, segments: int, tol: float) -> None:
+    def __init__(
+        self, found: int, size: int, segments: int, tol: float, allow: str = "allow_fewer=True"
+    ) -> None:
         super().__init__(
             f"the data ran out after {found} of {size} tokens ({segments} segments, tol {tol} m): "
-            "add data, lower the size or tol, or pass allow_fewer=True (--allow-fewer)"
+            f"add data, lower the size or tol, or pass {allow}"
         )
-        self.found, self.size = found, size
+        self.found, self.size, self.segments, self.tol = found, size, segments, tol
+
+    def worded_for(self, allow: str) -> NotEnoughSegmentsError:
+        """The same error with another way to allow fewer tokens (a CLI flag)."""
+        return NotEnoughSegmentsError(self.found, self.size, self.segments, self.tol, allow)
 
 
 def segments_from_trajectories(trajectories, start_at_origin: bool = True) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Training checkpoints: the self-contained model directory plus a small `trainer/` folder.
 
+    <out>/final -> checkpoints/step-00000100   a relative link to the last checkpoint written
     <out>/checkpoints/step-00000100/      loadable with AutoVLA.from_pretrained
         ...model files...
         trainer/state.json                stage, step, samples seen, how the run stopped,
@@ -40,6 +41,7 @@ from autovla.io import read_json, write_json
 TRAINER_DIR = "trainer"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
+FINAL = "final"  # <out>/final: the link to the last checkpoint (what later stages read)
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _TEMP_RE = re.compile(r"^\.step-\d+\.(tmp|old)-(\d+)$")
 
@@ -213,6 +215,33 @@ def save_checkpoint(
         for _, stale in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def link_final(out: str | os.PathLike, checkpoint: str | os.PathLike) -> Path:
+    """Point `out/final` at `checkpoint` (a folder under `out`) with a relative symbolic link,
+    replaced atomically (a new link under a temporary name, then renamed over the old one), so
+    a reader never finds `final` missing or half made, and the run folder can be moved."""
+    out = Path(out)
+    link = out / FINAL
+    check_final_link(out)
+    target = os.path.relpath(Path(checkpoint), out)
+    tmp = out / f".{FINAL}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+    _fsync_dir(out)
+    return link
+
+
+def check_final_link(out: str | os.PathLike) -> None:
+    """`out/final` is the trainer's link, or absent; anything else there is refused (the
+    trainer would replace it)."""
+    link = Path(out) / FINAL
+    if link.exists() and not link.is_symlink():
+        raise OutputDirError(
+            f"{link} is not a link: the trainer keeps {FINAL} pointing at the last checkpoint "
+            "of the run; move it away, or set output.dir to another folder"
+        )
 
 
 def temp_dir(root: str | os.PathLike, step: int) -> Path:

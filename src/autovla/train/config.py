@@ -33,8 +33,10 @@ class ModelSource(StrictModel):
     * `path` is a pretrained Qwen2.5-VL directory or hub id (no autovla.json): build a fresh
       AutoVLA from those weights with `codebook` and the preset's pixel budget (`preset`,
       default qwen2.5-vl-3b);
-    * no `path`: build `preset` with random weights (or its cached pretrained ones) and
-      `codebook`.
+    * no `path`: build `preset` and `codebook`. A preset with published weights
+      (qwen2.5-vl-3b) loads them from the local Hugging Face cache, and is an error when they
+      are not there unless `random_weights` (random weights on purpose: benchmarks); the small
+      presets (tiny, small) have random weights by design.
     """
 
     path: str | None = Field(
@@ -59,6 +61,11 @@ class ModelSource(StrictModel):
         description="number tokens start with rows that encode their value (fresh presets with "
         "a random-weight tokenizer only)",
     )
+    random_weights: bool = Field(
+        default=False,
+        description="build the preset with random weights even where it has published ones "
+        "(qwen2.5-vl-3b): benchmarks only; without it a missing download is an error",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -66,6 +73,11 @@ class ModelSource(StrictModel):
             raise ValueError("set model.path (an AutoVLA directory) or model.preset + codebook")
         if self.path is None and self.codebook is None:
             raise ValueError("model.preset needs model.codebook (the action codebook file)")
+        if self.path is not None and self.random_weights:
+            raise ValueError(
+                "model.random_weights builds model.preset with random weights; it cannot be "
+                "combined with model.path (drop one)"
+            )
         return self
 
 
@@ -73,6 +85,11 @@ class DatasetEntry(StrictModel):
     path: str = Field(description="dataset directory (manifest*.jsonl) or a manifest file")
     weight: float = Field(default=1.0, gt=0, description="relative sampling weight")
     split: str | None = Field(default="train", description="split to read; null = all")
+    scene_filter: str | None = Field(
+        default=None,
+        description="keep only these scenes: a file of scene tokens (or sample ids), one per "
+        "line, or a NAVSIM scene-filter YAML with a `tokens` list (e.g. navtrain.yaml)",
+    )
 
 
 class DataConfig(StrictModel):

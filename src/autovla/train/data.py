@@ -13,6 +13,7 @@ and resuming after S global items just skips them (parsing only, no images).
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from autovla.data.manifest import dataset_root, iter_samples
+from autovla.data.scene_filter import in_filter, read_scene_filter
 from autovla.data.schema import DrivingSample
 
 
@@ -37,6 +39,8 @@ class Source:
     path: str
     weight: float = 1.0
     split: str | None = "train"
+    scene_filter: str | None = None  # scene tokens to keep (data/scene_filter.py)
+    field: str = ""  # the config entry, e.g. "data.datasets[1]", for error messages
 
 
 @dataclass
@@ -46,22 +50,57 @@ class Item:
     source: int  # index of the dataset it came from
 
 
-def sources_of(entries: Sequence[Any]) -> list[Source]:
-    """Config dataset entries (path, weight, split) as stream sources."""
-    return [Source(e.path, e.weight, e.split) for e in entries]
+def sources_of(entries: Sequence[Any], field: str = "data.datasets") -> list[Source]:
+    """Config dataset entries (path, weight, split, scene_filter) as stream sources; `field`
+    is where they are in the config (named by errors)."""
+    return [
+        Source(e.path, getattr(e, "weight", 1.0), e.split, e.scene_filter, f"{field}[{i}]")
+        for i, e in enumerate(entries)
+    ]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A configured dataset path that does not exist (the message names the config field)."""
 
 
 def check_sources(sources: Sequence[Source]) -> None:
     """Every dataset exists and has a sample in its split: checked before a slow model load."""
     for s in sources:
-        if not Path(s.path).exists():
-            raise FileNotFoundError(f"dataset not found: {s.path}")
-        if next(iter(iter_samples(s.path, s.split)), None) is None:
+        _check_path(s)
+        if next(iter(source_samples(s)), None) is None:
             raise EmptyDatasetError(f"dataset {_describe(s)} has no samples")
 
 
+def _check_path(src: Source) -> None:
+    if not Path(src.path).exists():
+        where = f"{src.field}.path: " if src.field else ""
+        raise DatasetNotFoundError(f"{where}dataset not found: {src.path}")
+
+
+@functools.lru_cache(maxsize=16)
+def _tokens(path: str) -> frozenset[str]:
+    return frozenset(read_scene_filter(path))
+
+
+def source_samples(src: Source) -> Iterator[DrivingSample]:
+    """One pass over a source's samples: its split, then its scene filter."""
+    tokens = None
+    if src.scene_filter is not None:
+        try:
+            tokens = set(_tokens(src.scene_filter))
+        except (OSError, ValueError) as e:
+            raise type(e)(f"{src.field}.scene_filter: {e}") from None
+    for sample in iter_samples(src.path, src.split):
+        if in_filter(sample, tokens):
+            yield sample
+
+
 def _describe(src: Source) -> str:
-    return f"{src.path}" + (f" (split {src.split!r})" if src.split else "")
+    split = f"split {src.split!r}" if src.split else ""
+    scenes = f"scene filter {src.scene_filter}" if src.scene_filter else ""
+    detail = ", ".join(x for x in (split, scenes) if x)
+    where = f"{src.field}: " if src.field else ""
+    return f"{where}{src.path}" + (f" ({detail})" if detail else "")
 
 
 def _shuffled(samples: Iterator[DrivingSample], buffer: int, rng: np.random.Generator):
@@ -83,7 +122,7 @@ def _cycle(src: Source, index: int, seed: int, buffer: int) -> Iterator[DrivingS
     while True:
         rng = np.random.default_rng([seed, 1, index, epoch])
         count = 0
-        for s in _shuffled(iter_samples(src.path, src.split), buffer, rng):
+        for s in _shuffled(source_samples(src), buffer, rng):
             count += 1
             yield s
         if count == 0:
@@ -128,8 +167,7 @@ class MixedStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.buffer, self.skip, self.limit = shuffle_buffer, skip, limit
         for s in self.sources:  # fail early, in the main process, on a missing path
-            if not Path(s.path).exists():
-                raise FileNotFoundError(f"dataset not found: {s.path}")
+            _check_path(s)
 
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
@@ -152,11 +190,25 @@ def count_samples(sources: Sequence[Source]) -> int:
     """Samples over all sources (one parsing pass); errors on an empty one."""
     total = 0
     for s in sources:
-        n = sum(1 for _ in iter_samples(s.path, s.split))
+        n = sum(1 for _ in source_samples(s))
         if n == 0:
             raise EmptyDatasetError(f"dataset {_describe(s)} has no samples")
         total += n
     return total
+
+
+def reasoning_scan(sources: Sequence[Source], limit: int = 20_000) -> tuple[int, bool]:
+    """(samples read, whether any has reasoning): at most `limit` per source, stopping at the
+    first sample with reasoning. Dual-thinking SFT on data without any learns fast answers only."""
+    read = 0
+    for s in sources:
+        for i, sample in enumerate(source_samples(s)):
+            if i >= limit:
+                break
+            read += 1
+            if sample.reasoning:
+                return read, True
+    return read, False
 
 
 def steps_for_epochs(epochs: float, samples: int, per_step: int) -> int:
@@ -170,8 +222,9 @@ def load_items(sources: Sequence[Source], limit: int, seed: int = 0) -> list[Ite
     chosen: list[tuple[int, Item]] = []
     seen = 0
     for i, s in enumerate(sources):
+        _check_path(s)
         root = str(dataset_root(s.path))
-        for sample in iter_samples(s.path, s.split):
+        for sample in source_samples(s):
             if len(chosen) < limit:
                 chosen.append((seen, Item(sample, root, i)))
             else:

@@ -13,6 +13,16 @@ At the end: one checkpoint of the last step (never the same step twice), validat
 summary on the main process. How the run ended (`steps`, `time` or `interrupt`) is in the log,
 the result and the checkpoint.
 
+The run folder (`output.dir`):
+
+    config.yaml                  the full config the run used (recipe + overrides)
+    metrics.jsonl                one JSON line per logged window ("kind": train | val)
+    tensorboard/                 the same scalars (output.tensorboard)
+    checkpoints/step-00000200/   model directory + trainer/ (train/checkpointing.py); the last
+                                 output.keep_last are kept
+    final -> checkpoints/step-N  relative link to the last checkpoint written, replaced
+                                 atomically at every save: the path later stages read
+
 Guards: an update with a non-finite loss or gradient is skipped and counted; more than
 `train.max_bad_steps` of them stop the run with `TrainingDivergedError`, and weights that are
 not finite are never saved (so `keep_last` never rotates a good checkpoint away for them).
@@ -152,6 +162,7 @@ class Run:
         """Lock the output folder (main process) and clear what killed saves left there."""
         if self.acc.is_main_process:
             locked = self._exit.enter_context(ckpt.lock_output_dir(self.out))
+            ckpt.check_final_link(self.out)  # refused now, not after hours of training
             removed = ckpt.remove_stale_temps(self.ckroot, every=locked)
             if removed:
                 self.acc.print(f"removed {len(removed)} unfinished checkpoint(s) of killed runs")
@@ -205,6 +216,7 @@ class Run:
         # A checkpoint holds the trained weights in float32 and the frozen ones in the dtype
         # they were loaded in: read all in float32, then put the frozen ones back (both exact).
         self.vla = ms.load_vla(self.cfg.model, from_ckpt, torch.float32 if from_ckpt else None)
+        self.source = ms.describe_source(self.vla, self.cfg.model, from_ckpt)
         model = self.vla.model
         ms.set_trainable(model, t.freeze_vision, t.freeze_language)
         self.peft = None
@@ -325,6 +337,7 @@ class Run:
                 tmp=tmp,
                 rng=rng,
             )
+            ckpt.link_final(self.out, path)
         acc.wait_for_everyone()
         return path
 
@@ -426,6 +439,8 @@ def _fit(run: Run, stage: Stage) -> Result:
     result = Result(name, run.resume_from, run.start_step, is_main=acc.is_main_process)
     if run.start_step >= stage.max_steps:
         acc.print(f"{name}: {run.resume_from} is at step {run.start_step}: nothing to train")
+        if acc.is_main_process and run.resume_from is not None:
+            ckpt.link_final(run.out, run.resume_from)  # e.g. a run folder from before the link
         return result
     tracker = Tracker(
         run.out,
@@ -446,6 +461,7 @@ def _fit(run: Run, stage: Stage) -> Result:
         f"{run.start_step}->{stage.max_steps}"
         + (f", resumed from {run.resume_from}" if run.resume_from else "")
     )
+    tracker.message(f"{name}: weights: {run.source}")
 
     def record(step: int, stopped_by: StopReason | None) -> dict[str, Any]:
         samples = run.start_samples + (step - run.start_step) * stage.per_step

@@ -48,23 +48,69 @@ def load_vla(src: ModelSource, checkpoint: str | Path | None = None, dtype: Any 
         vla = AutoVLA.from_pretrained(src.path)
         where = src.path
     else:
-        if src.codebook is None:  # only a path: checked by the config
-            raise ValueError(
-                f"model.path {src.path} is not an AutoVLA directory (no autovla.json); to build "
-                "one from pretrained Qwen2.5-VL weights there, also give model.codebook"
-            )
+        preset = src.preset or "qwen2.5-vl-3b"  # a pretrained path without a preset
+        check_weights_available(src, preset)
         return build_model(
-            src.preset or "qwen2.5-vl-3b",  # a pretrained path without a preset
+            preset,
             load_codebook(src.codebook),
             seed=src.seed,
             source=src.path,
-            allow_random=src.path is None,
+            allow_random=src.path is None and src.random_weights,
+            random_weights=src.random_weights,
             action_init=src.action_init,
             number_init=src.number_init,
         )
     if src.codebook is not None:
         check_codebook(vla, src.codebook, where)
     return vla
+
+
+def check_weights_available(src: ModelSource, preset: str) -> None:
+    """The weights a fresh build starts from exist here (nothing is downloaded): errors name
+    the config field and say what to give instead."""
+    from autovla.model.backbone import get_preset, resolve_pretrained
+    from autovla.model.checkpoint import CheckpointError
+
+    if src.path is not None:
+        if not Path(src.path).exists() and resolve_pretrained(src.path) is None:
+            raise CheckpointError(
+                f"model.path {src.path}: no such directory (nor a model id in the local "
+                "Hugging Face cache)"
+            )
+        if src.codebook is None:  # an existing directory without autovla.json
+            raise CheckpointError(
+                f"model.path {src.path} is not an AutoVLA directory (no autovla.json); to "
+                "build one from pretrained Qwen2.5-VL weights there, also give model.codebook"
+            )
+        return
+    published = get_preset(preset).pretrained
+    if published is None or src.random_weights or resolve_pretrained(published) is not None:
+        return
+    raise CheckpointError(
+        f"model.preset {preset}: its weights ({published}) are not in the local Hugging Face "
+        f"cache; give model.path=/path/to/{published.rsplit('/', 1)[-1]} (a downloaded copy), "
+        "or model.random_weights=true to train random weights (benchmarks only)"
+    )
+
+
+def describe_source(vla: Any, src: ModelSource, checkpoint: str | Path | None = None) -> str:
+    """Where the weights about to be trained come from, for the opening log line."""
+    from autovla.model.checkpoint import is_model_dir
+
+    base = vla.info.get("base_model")
+    if base is None:
+        first = ""
+    elif str(base).startswith("random:"):
+        first = f"random {str(base).removeprefix('random:')} weights"
+    else:
+        first = str(base)
+    if checkpoint is not None:
+        where = f"checkpoint {checkpoint}"
+    elif src.path is not None and is_model_dir(src.path):
+        where = f"AutoVLA directory {src.path}"
+    else:
+        return f"a new model from {first}"
+    return f"{where} (first built from {first})" if first else where
 
 
 def set_trainable(model: Any, freeze_vision: bool, freeze_language: bool) -> None:

@@ -19,8 +19,10 @@ from autovla.train.collate import SFTCollator
 from autovla.train.config import SFTConfig
 from autovla.train.data import (
     MixedStream,
+    check_sources,
     count_samples,
     load_items,
+    reasoning_scan,
     sources_of,
     steps_for_epochs,
     worker_init,
@@ -66,10 +68,20 @@ class SFT(Stage):
 
     def __init__(self, cfg: SFTConfig):
         self.cfg, s = cfg, cfg.sft
+        check_sources(sources_of(cfg.val.datasets, "val.datasets"))  # before the model load
         self.run = run = Run(cfg, system=s.variant, micro_batch=s.batch_size)
         with run.closed_on_error():  # release the output folder if set-up fails
             self.acc, self.vla = run.acc, run.vla
             self.sources = sources_of(cfg.data.datasets)
+            if s.variant == "dual" and self.acc.is_main_process:
+                read, found = reasoning_scan(self.sources)
+                if read and not found:
+                    self.acc.print(
+                        f"warning: none of the first {read} training samples has reasoning: "
+                        "dual-thinking SFT will learn fast answers only; annotate the data "
+                        "first (autovla annotate rules | vlm, docs/annotation.md) or set "
+                        "sft.variant=action_only"
+                    )
             self.per_step = s.batch_size * s.grad_accum * self.acc.num_processes
             self.max_steps = cfg.train.max_steps
             if s.epochs is not None:
@@ -83,7 +95,9 @@ class SFT(Stage):
             self.val_items = []
             if cfg.val.datasets:
                 self.val_items = load_items(
-                    sources_of(cfg.val.datasets), cfg.val.max_samples, cfg.train.seed
+                    sources_of(cfg.val.datasets, "val.datasets"),
+                    cfg.val.max_samples,
+                    cfg.train.seed,
                 )
                 self.val_every, self.val_at_end = cfg.val.every, cfg.val.at_end
 

@@ -1,8 +1,10 @@
 """NAVSIM / OpenScene v1.1 logs -> DrivingSample manifests.
 
-A log is a pickle of frame dicts at 2 Hz (see shared FORMATS.md). A scene is a window of
-4 history + 10 future frames whose current frame is index 3 (its token is the scene token);
-windows start every `stride` frames (default 14: non-overlapping, as the devkit cuts them).
+A log is a pickle of frame dicts at 2 Hz (docs/navsim.md). A scene is a window of 4 history
++ 10 future frames whose current frame is index 3 (its token is the scene token); windows
+start every `stride` frames (14: non-overlapping). A scene filter keeps only the scenes whose
+token it lists: NAVSIM's navtrain / navtest filters list scenes starting at every frame
+(`frame_interval: 1`), so convert with stride 1 for them.
 History = the 4 poses of frames 0..3 in the current ego frame (the last is (0, 0, 0));
 future = frames 4..13 (0.5 s ... 5 s).
 
@@ -115,6 +117,7 @@ class NavsimConverter:
         require_roadblocks: bool = True,
         images: ImageOptions | None = None,
         trust_pickles: bool = False,
+        scene_filter: set[str] | None = None,
     ):
         self.logs = Path(logs).resolve()
         self.blobs = Path(sensor_blobs)
@@ -124,6 +127,8 @@ class NavsimConverter:
         self.require_roadblocks = require_roadblocks
         self.images = images or ImageOptions()
         self.trust_pickles = trust_pickles
+        # scene tokens to keep (NAVSIM's navtrain / navtest filters), None = every scene
+        self.scene_filter = None if scene_filter is None else frozenset(scene_filter)
 
     def units(self) -> list[Unit]:
         if not self.logs.is_dir():
@@ -143,6 +148,9 @@ class NavsimConverter:
         for start in range(0, len(frames) - n + 1, self.stride):
             window = frames[start : start + n]
             cur = window[HISTORY - 1]
+            if self.scene_filter is not None and str(cur.get("token")) not in self.scene_filter:
+                yield Filtered("not in the scene filter")
+                continue
             if self.require_roadblocks and not _has_roadblocks(cur):
                 yield Filtered("no roadblock ids")
                 continue

@@ -129,6 +129,7 @@ class NuScenesConverter:
         drivelm: str | Path | None = None,
         images: ImageOptions | None = None,
         instruction_rule: str = "reference",
+        scenes: set[str] | None = None,
     ):
         if instruction_rule not in INSTRUCTION_RULES:
             valid = ", ".join(INSTRUCTION_RULES)
@@ -139,6 +140,7 @@ class NuScenesConverter:
         self.split = split or version.removeprefix("v1.0-")
         self.images = images or ImageOptions()
         self.instruction_rule = instruction_rule
+        self.scenes = None if scenes is None else frozenset(scenes)  # scene names to convert
         cb = [Path(can_bus)] if can_bus else [self.root / "can_bus", self.root.parent / "can_bus"]
         self.can_bus = next((p for p in cb if p.is_dir()), None)
         self.drivelm = self._drivelm(Path(drivelm)) if drivelm else {}
@@ -219,7 +221,19 @@ class NuScenesConverter:
         for sc in self.t["scene"].values():
             self.field("scene", sc, "name")
         scenes = sorted(self.t["scene"].values(), key=lambda s: s["name"])
-        return [Unit(i, s["name"], s["token"]) for i, s in enumerate(scenes)]
+        # indices over every scene of the version, so a scene keeps its manifest name and
+        # shard whichever scene list selects it
+        units = [Unit(i, s["name"], s["token"]) for i, s in enumerate(scenes)]
+        if self.scenes is None:
+            return units
+        missing = sorted(self.scenes - {u.name for u in units})
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(
+                f"{self._file('scene')}: {len(missing)} listed scene(s) not in {self.version}: "
+                f"{shown}"
+            )
+        return [u for u in units if u.name in self.scenes]
 
     # --- conversion ------------------------------------------------------------------
     def scene_samples(self, scene: dict) -> list[dict]:

@@ -1,5 +1,5 @@
 """The Waymo E2E protobuf messages, declared at runtime with the field numbers of the
-official protos (shared FORMATS.md) — no protoc, no TensorFlow. Only the fields the
+official protos (docs/real-datasets.md) — no protoc, no TensorFlow. Only the fields the
 converter reads are declared; the others are kept as unknown fields by the runtime.
 """
 
