@@ -9,6 +9,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.autovla-installed
 # CPU machines take these two from local disk; an unpinned torch would pull several GB.
+# Installed only while .venv has no torch: `make clean-venv` first to switch builds
+# (e.g. `make clean-venv test TORCH_SPEC="torch==2.11.0 torchvision==0.26.0"`).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: test test-slow test-fast demo lint install clean-venv
