@@ -330,3 +330,92 @@ def test_centerline_falls_back_to_the_deepest_cheapest_path(m):
     blocks, edges, lane = scene(m, 60, -1.75, route=("11", "21", "12", "16"))
     assert ids(blocks) == ["11", "21", "12", "16"]  # 16 cannot be linked
     assert [e.id for e in R.lane_path(lane, blocks, edges)] == ["1001", "2001", "1003"]
+
+
+# --- hostile maps: named errors, never a crash, a hang or another file opened ----------------
+def _mutated(tmp_path: Path, maps: Path, *sql: tuple) -> Path:
+    dst = tmp_path / "maps"
+    shutil.copytree(maps, dst)
+    path = map_file(dst, F.LOCATION)
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        con.execute(f'DROP TRIGGER "{name}"')  # GDAL's R-tree triggers need its functions
+    for statement, *args in sql:
+        con.execute(statement, *args)
+    con.commit()
+    con.close()
+    return path
+
+
+def _gp(wkb: bytes) -> bytes:
+    return b"GP\x00\x01" + struct.pack("<i", 4326) + wkb
+
+
+_NESTED = _gp(b"".join(b"\x01" + struct.pack("<II", 7, 1) for _ in range(200_000))
+              + b"\x01" + struct.pack("<Idd", 1, 0, 0))  # fmt: skip
+_FIRST_LANE = "UPDATE lanes_polygons SET geom = ? WHERE fid = 1001"
+_MULTI_GC = _gp(b"\x01" + struct.pack("<II", 6, 1) + b"\x01" + struct.pack("<II", 7, 0))
+
+
+@pytest.mark.parametrize(
+    "blob, match",
+    [
+        (_NESTED, "record 1001 field 'geom': GeometryCollection geometry"),
+        (_gp(shapely.to_wkb(shapely.Point(0, 0))), "Point geometry \\(expected Polygon or Multi"),
+        (_MULTI_GC, "GeometryCollection inside a MultiPolygon"),
+    ],
+    ids=["nested-collections", "point", "collection-in-multipolygon"],
+)
+def test_unexpected_geometry_types_are_map_errors(tmp_path, maps, blob, match):
+    path = _mutated(tmp_path, maps, (_FIRST_LANE, (blob,)))
+    with pytest.raises(MapError, match=match) as e:
+        NuPlanMap(path)
+    assert str(path) in str(e.value) and "layer 'lanes_polygons'" in str(e.value)
+
+
+def test_declared_counts_beyond_the_blob_are_unreadable(tmp_path, maps):
+    line = _gp(b"\x01" + struct.pack("<II", 2, 0x7FFFFFFF) + struct.pack("<dd", 0, 0))
+    path = _mutated(tmp_path, maps, ("UPDATE baseline_paths SET geom = ? WHERE lane_fid = 1004",
+                                     (line,)))  # fmt: skip
+    m = NuPlanMap(path)
+    assert "1004" not in m.lanes
+    assert any("layer 'baseline_paths'" in p and "unreadable WKB" in p for p in m.problems)
+
+
+def test_bad_values_name_layer_record_and_field(tmp_path, maps):
+    path = _mutated(tmp_path, maps, ("UPDATE lanes_polygons SET speed_limit_mps = 'fast'",))
+    with pytest.raises(MapError, match="layer 'lanes_polygons' record '1001' field "
+                       "'speed_limit_mps': 'fast' is not a number"):  # fmt: skip
+        NuPlanMap(path)
+    path = _mutated(tmp_path / "srs", maps, ("UPDATE gpkg_spatial_ref_sys SET "
+                    "organization_coordsys_id = 'abc' WHERE srs_id = 4326",))  # fmt: skip
+    with pytest.raises(MapError, match="organization_coordsys_id"):
+        NuPlanMap(path)
+
+
+def test_views_are_refused_and_reading_is_bounded(tmp_path, maps, monkeypatch):
+    from autovla.scoring import nuplan_map
+
+    view = (
+        "CREATE VIEW intersections AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+        "SELECT x + 1 FROM c) SELECT x AS fid, zeroblob(1000) AS geom FROM c"
+    )
+    rename = "ALTER TABLE intersections RENAME TO intersections_real"
+    path = _mutated(tmp_path, maps, (rename,), (view,))
+    with pytest.raises(MapError, match=r"layer 'intersections'.* is a view, not a table"):
+        NuPlanMap(path)
+    monkeypatch.setattr(nuplan_map, "MAP_READ_SECONDS", -1.0)
+    monkeypatch.setattr(nuplan_map, "_PROGRESS_OPS", 1)
+    with pytest.raises(MapError, match="reading took over"):
+        NuPlanMap(map_file(maps, F.LOCATION))
+
+
+def test_file_names_cannot_add_sqlite_uri_parameters(tmp_path, maps):
+    # unescaped, "?mode=memory" would open an empty in-memory database instead of the file
+    dst = tmp_path / "x?mode=memory#"
+    shutil.copytree(maps, dst)
+    assert sorted(NuPlanMap(map_file(dst, F.LOCATION)).roadblocks) == sorted(
+        MapStore(maps).get(F.LOCATION).roadblocks
+    )
