@@ -419,3 +419,72 @@ def test_file_names_cannot_add_sqlite_uri_parameters(tmp_path, maps):
     assert sorted(NuPlanMap(map_file(dst, F.LOCATION)).roadblocks) == sorted(
         MapStore(maps).get(F.LOCATION).roadblocks
     )
+
+
+class _Counted(list):
+    """A block's link list that counts how often the search walks it."""
+
+    walks = 0
+
+    def __iter__(self):
+        _Counted.walks += 1
+        return super().__iter__()
+
+
+def _ring(k: int, seed: int | None = None) -> list[Block]:
+    """6 roadblocks in a ring, k parallel connectors between neighbours (turn options); with a
+    seed, extra random links between any two blocks."""
+    rbs = [Block(f"rb{i}", ROADBLOCK, None) for i in range(6)]
+    blocks = list(rbs)
+    for i, b in enumerate(rbs):
+        for j in range(k):
+            c = Block(f"c{i}_{j}", ROADBLOCK_CONNECTOR, None)
+            blocks.append(c)
+            b.outgoing.append(c), c.incoming.append(b)
+            c.outgoing.append(rbs[(i + 1) % 6]), rbs[(i + 1) % 6].incoming.append(c)
+    rng = np.random.default_rng(seed)
+    for _ in range(0 if seed is None else 12):
+        a, b = rng.choice(len(blocks), 2)
+        blocks[a].outgoing.append(blocks[b]), blocks[b].incoming.append(blocks[a])
+    return blocks
+
+
+def _naive_bfs(start, targets, max_depth, forward=True):
+    """NAVSIM's search as written: every copy of a node kept in its level."""
+    level, parent, depth = [start], {(start.id, 1): None}, 1
+    while level and depth <= max_depth:
+        nxt = []
+        for block in level:
+            if block.id in targets:
+                path, d = [block], depth
+                while (p := parent[(path[-1].id, d)]) is not None:
+                    path.append(p)
+                    d -= 1
+                return (path[::-1] if forward else path), True
+            for n in block.outgoing if forward else block.incoming:
+                nxt.append(n)
+                parent[(n.id, depth + 1)] = block
+        level, depth = nxt, depth + 1
+    return [], False
+
+
+def test_bfs_is_linear_in_depth_with_parallel_links():
+    blocks = _ring(2)
+    for b in blocks:
+        b.outgoing = _Counted(b.outgoing)
+    _Counted.walks = 0
+    assert R.bfs_blocks(blocks[0], {"unreachable"}, R.FORWARD_DEPTH) == ([], False)
+    # NAVSIM's list doubles every second level (~2^16 walks); at most 2 per block and depth
+    assert _Counted.walks <= 2 * len(blocks) * R.FORWARD_DEPTH
+    big = _ring(50)  # the review's case: 50 turn options per junction
+    assert R.bfs_blocks(big[0], {"unreachable"}, R.FORWARD_DEPTH) == ([], False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bfs_answers_as_navsims_search(seed):
+    blocks = _ring(2, seed)
+    for target in ("rb3", "c4_1", "rb0", "nowhere"):
+        for forward in (True, False):
+            got = R.bfs_blocks(blocks[1], {target}, 9, forward)
+            want = _naive_bfs(blocks[1], {target}, 9, forward)
+            assert ids(got[0]) == ids(want[0]) and got[1] == want[1], (target, forward)
