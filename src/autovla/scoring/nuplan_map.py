@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import shapely
 
 from autovla.io import read_json
 from autovla.paths import UnsafePathError, check_name
+from autovla.scoring.wkb import LINES, POLYGONS, UnexpectedGeometry, check_wkb
 
 MAPS_JSON = "nuplan-maps-v1.0.json"
 LOCATIONS = (
@@ -58,15 +58,11 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-# Geometry types each layer may hold (WKB codes: 2 LineString, 3 Polygon, 5 MultiLineString,
-# 6 MultiPolygon). Anything else, GeometryCollections above all (nested ones crash GEOS), is
-# refused before shapely parses it.
-_LINES, _POLYGONS = frozenset({2, 5}), frozenset({3, 6})
-LAYER_GEOMETRY: dict[str, frozenset[int]] = {t: _POLYGONS for t in TABLES}
-LAYER_GEOMETRY["baseline_paths"] = _LINES
-LAYER_GEOMETRY["lane_connectors"] = _LINES | _POLYGONS  # not used; devkit maps store lines
-_WKB_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
-              6: "MultiPolygon", 7: "GeometryCollection"}  # fmt: skip
+# Geometry types each layer may hold; anything else, GeometryCollections above all (nested
+# ones crash GEOS), is refused before shapely parses it.
+LAYER_GEOMETRY: dict[str, frozenset[int]] = {t: POLYGONS for t in TABLES}
+LAYER_GEOMETRY["baseline_paths"] = LINES
+LAYER_GEOMETRY["lane_connectors"] = LINES | POLYGONS  # not used; devkit maps store lines
 # the other tables the reader opens; each must be a plain table (a view can run any query)
 GPKG_TABLES = ("gpkg_geometry_columns", "gpkg_spatial_ref_sys")
 MAP_READ_SECONDS = 600.0  # SQLite work allowed for one map (a real one reads in seconds)
@@ -100,70 +96,6 @@ def wkb_of_gpkg_blob(blob: bytes) -> bytes:
     if env not in _ENVELOPE_BYTES:
         raise ValueError(f"invalid envelope indicator {env}")
     return blob[8 + _ENVELOPE_BYTES[env] :]
-
-
-class UnexpectedGeometry(ValueError):
-    """A well-formed WKB geometry of a type the layer does not hold."""
-
-
-def check_wkb(body: bytes, allowed: frozenset[int]) -> None:
-    """Walk the structure of one ISO/extended WKB geometry without building it: its type must
-    be in `allowed` (a Multi* may hold only its own simple type, so nesting is at most two
-    deep), and every declared count must fit in the bytes that are there. Raises
-    UnexpectedGeometry, or ValueError("unreadable WKB") for a malformed one."""
-    view = memoryview(body)
-
-    def header(pos: int) -> tuple[int, int, str, int]:
-        if pos + 5 > len(view) or view[pos] not in (0, 1):
-            raise ValueError("unreadable WKB")
-        end = "<" if view[pos] == 1 else ">"
-        (code,) = struct.unpack_from(end + "I", view, pos + 1)
-        pos += 5
-        dims = 2 + bool(code & 0x80000000) + bool(code & 0x40000000)  # EWKB Z / M flags
-        if code & 0x20000000:  # EWKB SRID
-            pos += 4
-        code &= 0x0FFFFFFF
-        kind, iso = code % 1000, code // 1000
-        if iso > 3:
-            raise ValueError("unreadable WKB")
-        dims += (0, 1, 1, 2)[iso]
-        return kind, pos, end, dims
-
-    def count(pos: int, end: str, item_bytes: int) -> tuple[int, int]:
-        if pos + 4 > len(view):
-            raise ValueError("unreadable WKB")
-        (n,) = struct.unpack_from(end + "I", view, pos)
-        if n * item_bytes > len(view) - pos - 4:
-            raise ValueError("unreadable WKB")
-        return n, pos + 4
-
-    def simple(kind: int, pos: int, end: str, dims: int) -> int:
-        if kind == 2:
-            n, pos = count(pos, end, 8 * dims)
-            return pos + n * 8 * dims
-        rings, pos = count(pos, end, 4)
-        for _ in range(rings):
-            n, pos = count(pos, end, 8 * dims)
-            pos += n * 8 * dims
-        return pos
-
-    kind, pos, end, dims = header(0)
-    if kind not in allowed:
-        name = _WKB_NAMES.get(kind, f"WKB type {kind}")
-        expected = " or ".join(_WKB_NAMES[k] for k in sorted(allowed))
-        raise UnexpectedGeometry(f"{name} geometry (expected {expected})")
-    if kind in (2, 3):
-        pos = simple(kind, pos, end, dims)
-    else:  # Multi*: parts of the simple type, each with its own header
-        parts, pos = count(pos, end, 5)
-        for _ in range(parts):
-            part, pos, part_end, part_dims = header(pos)
-            if part != kind - 3:
-                name = _WKB_NAMES.get(part, f"WKB type {part}")
-                raise UnexpectedGeometry(f"{name} inside a {_WKB_NAMES[kind]}")
-            pos = simple(part, pos, part_end, part_dims)
-    if pos != len(view):
-        raise ValueError("unreadable WKB")
 
 
 @dataclass
@@ -209,7 +141,7 @@ def read_layer(con: sqlite3.Connection, file: Path, table: str, columns: Sequenc
         problems.append(f"layer {table!r} record {r[0]!r} field {geom_col!r}: {why}")
 
     kept, bodies = [], []
-    allowed = LAYER_GEOMETRY.get(table, _LINES | _POLYGONS)
+    allowed = LAYER_GEOMETRY.get(table, LINES | POLYGONS)
     for r in rows:
         if type(r[0]) is not int:
             raise MapError(file, f"field {fid_col!r}: {_short(r[0])} is not an integer id", table)
