@@ -199,7 +199,7 @@ class MetricCache:
             if a.dtype.kind not in kinds or a.ndim != ndim:
                 want = {"U": "text", "iu": "integers", "fiu": "numbers", "u": "bytes"}[kinds]
                 shape = "a scalar" if ndim == 0 else f"{ndim}-D"
-                raise bad(name, f"expected {shape} {want}, got {a.dtype} of shape {a.shape}")
+                raise bad(name, f"expected {want} ({shape}), got {a.dtype} of shape {a.shape}")
         if z["map_wkb"].dtype != np.uint8:
             raise bad("map_wkb", f"expected uint8 bytes, got {z['map_wkb'].dtype}")
         a = len(z["track_ids"])
