@@ -5,7 +5,9 @@ request's own hint (the action taken and the instruction), unless a script says 
 A script maps a sample id (the request's `user` field) to a list of behaviours used one per
 request: "ok", "missing" (an answer without the Intent part), "500", "429", "garbage" (a
 200 that is not JSON), "slow" (sleeps past the client's timeout), "drop" (closes the
-connection without answering). `default` applies when a sample's list is used up.
+connection without answering), "drip" (a valid answer one byte every 0.2 s), "huge" (a 200
+of 8 MB), "bad_usage" (a valid answer whose `usage` holds text and infinities).
+`default` applies when a sample's list is used up.
 Every request is logged as (sample id, behaviour).
 """
 
@@ -106,12 +108,32 @@ def serve(standin: StandIn) -> Iterator[str]:
             if b == "garbage":
                 self._send(200, b"<html>not json")
                 return
+            if b == "huge":
+                self._send(200, b'{"choices": "' + b"x" * (8 * 2**20) + b'"}')
+                return
             text = _answer(req["messages"], complete=b != "missing")
+            usage: Any = {"prompt_tokens": 100, "completion_tokens": len(text) // 4}
+            if b == "bad_usage":
+                usage = {"prompt_tokens": "many", "completion_tokens": 1e999}
             body = {
                 "choices": [{"message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": len(text) // 4},
+                "usage": usage,
             }
-            self._send(200, json.dumps(body).encode())
+            raw = json.dumps(body).encode()
+            if b == "drip":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                try:
+                    for i in range(len(raw)):
+                        self.wfile.write(raw[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:  # the client gave up, as it should
+                    pass
+                return
+            self._send(200, raw)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

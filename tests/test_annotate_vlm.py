@@ -210,3 +210,72 @@ def test_against_autovla_serve_with_the_tiny_model(tmp_path: Path) -> None:
     entries = [json.loads(line) for f in cache for line in f.read_text().splitlines()]
     assert any("<think>" in e.get("answer", "") for e in entries)
     assert load_samples(root) == written  # nothing accepted: the manifest is unchanged
+
+
+def test_hostile_server_answers(tmp_path: Path) -> None:
+    """A drip-feeding server is cut at the timeout, an 8 MB answer is refused, a bad `usage`
+    is ignored (the answer still counts)."""
+    import time
+
+    root = _dataset(tmp_path, 3)
+    stand = StandIn({"s0000": ["drip", "ok"], "s0001": ["huge"], "s0002": ["bad_usage"]})
+    t0 = time.perf_counter()
+    with serve(stand) as url:
+        s = annotate_vlm(root, _opts(url, timeout=1.0, max_retries=1))
+    assert time.perf_counter() - t0 < 8
+    assert s.accepted == 2 and dict(s.rejected) == {"answer_too_large": 1}
+    # the drip was retried; only the one good answer's usage counts ("many" and inf are 0)
+    assert s.retries == 1 and s.tokens_in == 100
+
+
+def test_torn_and_corrupt_cache_lines(tmp_path: Path) -> None:
+    root = _dataset(tmp_path, 4)
+    stand = StandIn()
+    with serve(stand) as url:
+        annotate_vlm(root, _opts(url, limit=2))
+        (cache,) = (root / "annotations").glob("vlm-cache-*.jsonl")
+        with open(cache, "a") as f:  # a run killed mid-line
+            f.write('{"id": "s0002", "templ')
+        s = annotate_vlm(root, _opts(url))  # the torn line is cut, not glued to a new entry
+        assert s.sent == 2 and s.accepted == 2  # the first two have reasoning already
+        assert sum(x.reasoning is not None for x in load_samples(root)) == 4
+        lines = cache.read_text().splitlines()
+        lines[0] = json.dumps({**json.loads(lines[0]), "reasoning": 123})
+        cache.write_text("\n".join(lines) + "\n")
+        with pytest.raises(AnnotationError, match=r":1: unusable cache line: field 'reasoning'"):
+            annotate_vlm(root, _opts(url))
+
+
+def test_template_name_is_a_plain_name(tmp_path: Path) -> None:
+    bad = tmp_path / "t.yaml"
+    bad.write_text("name: x/../../outside\nversion: 1\nsystem: s\nuser: u\njudge: j\nrepair: r\n")
+    with pytest.raises(ValueError, match="plain name"):
+        load_template(bad)
+
+
+def test_bad_image_is_one_rejection_and_no_answer_is_an_error(tmp_path: Path) -> None:
+    root = _dataset(tmp_path, 2)
+    (root / make_sample(1).cameras["front"][-1]).write_bytes(b"not an image")
+    with serve(StandIn()) as url:
+        s = annotate_vlm(root, _opts(url))
+    assert s.accepted == 1 and dict(s.rejected) == {"bad_image": 1}
+    from typer.testing import CliRunner
+
+    from autovla.cli import app
+
+    r = CliRunner().invoke(app, ["annotate", "vlm", "--data", str(root), "--endpoint",
+                                 "http://[::1", "--model", "m", "--quiet"])  # fmt: skip
+    assert r.exit_code == 1 and "not a usable URL" in r.output
+    root2 = _dataset(tmp_path / "b", 2)
+    with serve(StandIn(default="drop")) as url:
+        r = CliRunner().invoke(app, ["annotate", "vlm", "--data", str(root2), "--endpoint", url,
+                                     "--model", "m", "--quiet", "--max-retries", "0"])  # fmt: skip
+    assert r.exit_code == 1 and "2 samples got no answer" in r.output
+
+
+def test_heading_parse_is_linear() -> None:
+    import time
+
+    t0 = time.perf_counter()
+    parse_answer("*" * 50_000 + "\n" + "_" * 50_000)
+    assert time.perf_counter() - t0 < 1.0

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+from pydantic import ValidationError
+
 from autovla.annotate.vlm_parse import Verdict, check_answer
 from autovla.annotate.vlm_prompt import (
     Frames,
@@ -35,8 +38,9 @@ from autovla.annotate.vlm_prompt import (
     repair_messages,
 )
 from autovla.data.schema import DrivingSample
-from autovla.io import write_json
+from autovla.io import file_lock, write_json
 
+MAX_RESPONSE = 4 * 2**20  # bytes of one answer; max_tokens of text is far less
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})  # wrong key, model or endpoint: stop the whole run
 CACHE_DIR = "annotations"
@@ -102,8 +106,34 @@ def cache_files(root: Path, tpl: VLMTemplate) -> list[Path]:
     return sorted((root / CACHE_DIR).glob(f"vlm-cache-{tpl.name}-v{tpl.version}-*.jsonl"))
 
 
+MAX_TEXT = 20_000  # characters of reasoning or a meta-action in a cache entry (the schema's)
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why a decoded cache line is not a usable entry, or None."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    for k in ("id", "template", "status"):
+        if not isinstance(entry.get(k), str):
+            return f"field {k!r} is missing or not text"
+    if entry["status"] == "accepted":
+        for k in ("reasoning", "meta_action"):
+            v = entry.get(k)
+            if not isinstance(v, str) or not v or len(v) > MAX_TEXT:
+                return f"field {k!r} of an accepted entry is missing, empty or not text"
+        if entry.get("vlm_complexity") not in (None, "complex", "straightforward"):
+            return "field 'vlm_complexity' is not complex or straightforward"
+    elif entry["status"] == "rejected":
+        if not isinstance(entry.get("reason"), str):
+            return "field 'reason' of a rejected entry is missing or not text"
+    else:
+        return f"field 'status' is {entry['status']!r}, not accepted or rejected"
+    return None
+
+
 def read_cache(paths: list[Path], key: str) -> dict[str, dict[str, Any]]:
-    """Entries by sample id for template `key`; a torn last line (killed run) is ignored."""
+    """Entries by sample id for template `key`; a torn last line (killed run) is ignored, any
+    other unreadable line is an error naming the file, the line and the field."""
     out: dict[str, dict[str, Any]] = {}
     for p in paths:
         lines = p.read_bytes().split(b"\n")
@@ -112,13 +142,14 @@ def read_cache(paths: list[Path], key: str) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 entry = json.loads(raw)
-                if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                    raise ValueError("not an entry with an 'id'")
-            except (ValueError, UnicodeDecodeError) as e:
-                if i >= len(lines) - 1:  # the last line of a run that was killed mid-write
+                problem = _entry_problem(entry)
+                if problem is not None:
+                    raise ValueError(problem)
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                if i == len(lines):  # no newline after it: written by a run killed mid-line
                     continue
-                raise AnnotationError(f"{p}:{i}: unreadable cache line: {e}") from None
-            if entry.get("template") == key:
+                raise AnnotationError(f"{p}:{i}: unusable cache line: {e}") from None
+            if entry["template"] == key:
                 out[entry["id"]] = entry
     return out
 
@@ -126,6 +157,11 @@ def read_cache(paths: list[Path], key: str) -> dict[str, dict[str, Any]]:
 class _CacheWriter:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():  # cut a torn last line (a killed run) so appends start clean
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, entry: dict[str, Any]) -> None:
@@ -145,9 +181,10 @@ class _Client:
 
         self.opts, self.summary = opts, summary
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        url = endpoint_url(opts.endpoint)
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=None)
         self.http = httpx.AsyncClient(
-            base_url=opts.endpoint.rstrip("/") + "/",
+            base_url=url,
             headers=headers,
             timeout=opts.timeout,
             limits=limits,
@@ -174,33 +211,36 @@ class _Client:
             self.summary.requests += 1
             delay = None
             try:
-                r = await self.http.post("chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
+                status, headers, raw = await self._post(body)
+            except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            except _TooLarge as e:
+                raise _Failed("answer_too_large", str(e)) from None
             else:
-                if r.status_code == 200:
+                if status == 200:
                     try:
-                        data = r.json()
+                        data = json.loads(raw)
                         text = data["choices"][0]["message"]["content"]
                         if not isinstance(text, str):
                             raise TypeError("content is not text")
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
                         last = f"malformed response: {type(e).__name__}: {e}"
                     else:
-                        usage = data.get("usage") or {}
-                        self.summary.tokens_in += int(usage.get("prompt_tokens") or 0)
-                        self.summary.tokens_out += int(usage.get("completion_tokens") or 0)
+                        usage = data.get("usage") if isinstance(data, dict) else None
+                        usage = usage if isinstance(usage, dict) else {}
+                        self.summary.tokens_in += _count(usage.get("prompt_tokens"))
+                        self.summary.tokens_out += _count(usage.get("completion_tokens"))
                         return text
-                elif r.status_code in FATAL_STATUS:
+                elif status in FATAL_STATUS:
                     raise AnnotationError(
-                        f"{o.endpoint}: HTTP {r.status_code} for model {o.model!r}: "
-                        f"{r.text[:200]} (check --endpoint, --model and the API key)"
+                        f"{o.endpoint}: HTTP {status} for model {o.model!r}: "
+                        f"{_text(raw)} (check --endpoint, --model and the API key)"
                     )
-                elif r.status_code in RETRY_STATUS:
-                    last = f"HTTP {r.status_code}"
-                    delay = _retry_after(r.headers.get("retry-after"))
+                elif status in RETRY_STATUS:
+                    last = f"HTTP {status}"
+                    delay = _retry_after(headers.get("retry-after"))
                 else:
-                    raise _Failed(f"http_{r.status_code}", r.text[:200])
+                    raise _Failed(f"http_{status}", _text(raw))
             if attempt < o.max_retries:
                 cap = min(60.0, o.backoff * 2**attempt)
                 await asyncio.sleep(
@@ -208,8 +248,49 @@ class _Client:
                 )
         raise _Failed("unreachable", last, transient=True)
 
+    async def _post(self, body: dict[str, Any]) -> tuple[int, Any, bytes]:
+        """One request within one overall deadline (a server that drips bytes cannot hold a
+        worker past --timeout), reading at most MAX_RESPONSE bytes."""
+        async with asyncio.timeout(self.opts.timeout):
+            async with self.http.stream("POST", "chat/completions", json=body) as r:
+                chunks, size = [], 0
+                async for chunk in r.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_RESPONSE:
+                        raise _TooLarge(f"the server sent more than {MAX_RESPONSE:,} bytes")
+                    chunks.append(chunk)
+                return r.status_code, r.headers, b"".join(chunks)
+
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def endpoint_url(endpoint: str) -> Any:
+    """The API base URL as httpx parses it, or an AnnotationError naming the option."""
+    import httpx
+
+    try:
+        url = httpx.URL(endpoint.rstrip("/") + "/")
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("expected http(s)://host[:port]/path")
+    except (httpx.InvalidURL, ValueError) as e:
+        raise AnnotationError(f"--endpoint {endpoint!r} is not a usable URL: {e}") from None
+    return url
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _count(value: Any) -> int:
+    """A token count from a server's `usage`, 0 when it is not a sane number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if 0 <= value < 1e12 else 0
+
+
+def _text(raw: bytes) -> str:
+    return raw[:200].decode("utf-8", "replace")
 
 
 class _Failed(Exception):
@@ -232,10 +313,14 @@ async def _annotate_one(
 ) -> dict[str, Any]:
     """Ask, check, re-ask with the reason; the cache entry for this sample."""
     action = hint_action(sample)
-    messages = await asyncio.to_thread(
-        build_messages, tpl, sample, root, opts.frames, opts.image_size, opts.judge_complexity
-    )
     entry: dict[str, Any] = {"id": sample.id, "template": tpl.key, "meta_action": action}
+    try:
+        messages = await asyncio.to_thread(
+            build_messages, tpl, sample, root, opts.frames, opts.image_size, opts.judge_complexity
+        )
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # this sample's images
+        entry.update(status="rejected", reason="bad_image", detail=str(e)[:500], attempts=0)
+        return entry
     verdict: Verdict | None = None
     for attempt in range(opts.repair_attempts + 1):
         try:
@@ -348,6 +433,7 @@ def annotate_vlm(path: str | os.PathLike, opts: VLMOptions) -> Summary:
     from autovla.data.manifest import dataset_root, iter_samples
 
     tpl = load_template(opts.template)
+    endpoint_url(opts.endpoint)  # a typo in the URL is an error before any work
     path = Path(path)
     root = dataset_root(path)
     summary = Summary()
@@ -392,8 +478,9 @@ def annotate_vlm(path: str | os.PathLike, opts: VLMOptions) -> Summary:
         finally:
             cache.close()
     summary.seconds = time.perf_counter() - t0
-    entries = read_cache(cache_files(root, tpl), tpl.key)
-    summary.written = apply_cache(path, entries, f"vlm:{opts.model}:{tpl.key}")
+    with file_lock(root / CACHE_DIR / "manifest.lock"):  # shards rewrite one manifest in turn
+        entries = read_cache(cache_files(root, tpl), tpl.key)
+        summary.written = apply_cache(path, entries, f"vlm:{opts.model}:{tpl.key}")
     write_json(mine.with_name(f"vlm-summary-{tpl.name}-v{tpl.version}-{i}-of-{n}.json"),
                summary.to_json())  # fmt: skip
     return summary
@@ -410,8 +497,12 @@ def apply_cache(path: Path, entries: dict[str, dict[str, Any]], source: str) -> 
         meta = {**s.meta, "reasoning_source": source}
         if "vlm_complexity" in e:
             meta["vlm_complexity"] = e["vlm_complexity"]
-        return s.model_copy(
-            update={"reasoning": e["reasoning"], "meta_action": e["meta_action"], "meta": meta}
-        )
+        data = {**s.model_dump(), "reasoning": e["reasoning"], "meta_action": e["meta_action"]}
+        try:  # validated like any record: a cache entry never writes what the schema refuses
+            return DrivingSample.model_validate({**data, "meta": meta})
+        except ValidationError as err:
+            raise AnnotationError(
+                f"cache entry for sample {s.id!r} does not fit the schema: {err.errors()[0]['msg']}"
+            ) from None
 
     return rewrite_manifest(path, update)

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from autovla.annotate.rules import ACTION_PREFIX
 
 PARTS = ("scene", "critical objects", "intent", "action")
+# Markup before a heading ("**1. Scene:**", "> - Intent:"): no two repeated groups can match
+# the same characters, so a line of thousands of "*" is rejected in linear time.
 _HEADING = re.compile(
-    r"^[ \t>*#_-]*(?:\d+[.)]\s*)?[*_]*\s*(scene|critical objects|intent|action|complexity)"
-    r"\s*[*_]*\s*[:：]\s*[*_]*",
+    r"^[ \t>*#_-]*(?:\d+[.)][ \t]*[*_]*[ \t]*)?(scene|critical objects|intent|action|complexity)"
+    r"[ \t]*[*_]*[ \t]*[:：][ \t]*[*_]*",
     re.IGNORECASE | re.MULTILINE,
 )
 INSTRUCTION_PHRASES = ("turn left", "turn right", "go straight")

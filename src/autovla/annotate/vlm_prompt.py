@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,16 @@ class VLMTemplate(StrictModel):
     repair: str
     examples: list[Example] = Field(default_factory=list)
     max_chars: int = Field(default=700, ge=50, le=20_000)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        from autovla.paths import name_problem
+
+        problem = name_problem(v)  # the name becomes part of cache file names
+        if problem is not None or not re.fullmatch(r"[A-Za-z0-9._+=@-]+", v):
+            raise ValueError(f"name {v!r} must be a plain name (letters, digits, ._+=@-)")
+        return v
 
     @field_validator("user", "judge", "repair")
     @classmethod

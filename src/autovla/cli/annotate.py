@@ -130,9 +130,15 @@ def vlm(
     rate = f", {s.sent / s.seconds:.1f} samples/s" if s.sent and s.seconds > 0 else ""
     typer.echo(
         f"{s.selected} samples selected: {s.cached} answered before, {s.sent} asked{rate}; "
-        f"accepted {s.accepted} ({s.repaired} after a re-ask), rejected: {rejected}; "
+        f"accepted {s.accepted} ({s.repaired} after a re-ask), rejected: {rejected}, "
+        f"no answer: {s.unreachable}; "
         f"{s.requests} requests ({s.retries} retries), tokens in {s.tokens_in:,} / out "
         f"{s.tokens_out:,}; {s.written} manifest records updated"
     )
     if s.judged:
         typer.echo(f"complexity: the VLM agrees with the rule on {s.agree}/{s.judged} samples")
+    if s.unreachable:
+        raise fail(
+            f"{s.unreachable} samples got no answer from {endpoint} after every retry (not "
+            "cached); rerun the same command to ask them again"
+        )
