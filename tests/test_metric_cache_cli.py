@@ -156,3 +156,19 @@ def test_missing_log_and_no_samples(tmp_path):
     r = cli(tmp_path, "--scene-filter", str(tmp_path / "f.txt"))
     assert r.exit_code == 1 and has(r.output, "no NAVSIM samples")
     assert data.is_dir()
+
+
+def test_scene_tokens_must_be_plain_file_names(tmp_path):
+    from autovla.data.manifest import rewrite_manifest
+
+    data = make_world(tmp_path, [log(tmp_path, n=14)])  # 1 scene
+    rewrite_manifest(
+        data, lambda s: s.model_copy(update={"meta": {**s.meta, "scene_token": "a/../x"}})
+    )
+    r = cli(tmp_path)
+    assert r.exit_code == 1
+    assert has(r.output, "'meta.scene_token'", "'a/../x' contains a path separator")
+    r = cli(tmp_path, "--skip-bad")
+    assert r.exit_code == 0, r.output
+    assert load_samples(data)[0].scoring is None
+    assert not list((data / "metric_cache").rglob("*.npz"))

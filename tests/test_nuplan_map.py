@@ -330,3 +330,161 @@ def test_centerline_falls_back_to_the_deepest_cheapest_path(m):
     blocks, edges, lane = scene(m, 60, -1.75, route=("11", "21", "12", "16"))
     assert ids(blocks) == ["11", "21", "12", "16"]  # 16 cannot be linked
     assert [e.id for e in R.lane_path(lane, blocks, edges)] == ["1001", "2001", "1003"]
+
+
+# --- hostile maps: named errors, never a crash, a hang or another file opened ----------------
+def _mutated(tmp_path: Path, maps: Path, *sql: tuple) -> Path:
+    dst = tmp_path / "maps"
+    shutil.copytree(maps, dst)
+    path = map_file(dst, F.LOCATION)
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        con.execute(f'DROP TRIGGER "{name}"')  # GDAL's R-tree triggers need its functions
+    for statement, *args in sql:
+        con.execute(statement, *args)
+    con.commit()
+    con.close()
+    return path
+
+
+def _gp(wkb: bytes) -> bytes:
+    return b"GP\x00\x01" + struct.pack("<i", 4326) + wkb
+
+
+_NESTED = _gp(b"".join(b"\x01" + struct.pack("<II", 7, 1) for _ in range(200_000))
+              + b"\x01" + struct.pack("<Idd", 1, 0, 0))  # fmt: skip
+_FIRST_LANE = "UPDATE lanes_polygons SET geom = ? WHERE fid = 1001"
+_MULTI_GC = _gp(b"\x01" + struct.pack("<II", 6, 1) + b"\x01" + struct.pack("<II", 7, 0))
+
+
+@pytest.mark.parametrize(
+    "blob, match",
+    [
+        (_NESTED, "record 1001 field 'geom': GeometryCollection geometry"),
+        (_gp(shapely.to_wkb(shapely.Point(0, 0))), "Point geometry \\(expected Polygon or Multi"),
+        (_MULTI_GC, "GeometryCollection inside a MultiPolygon"),
+    ],
+    ids=["nested-collections", "point", "collection-in-multipolygon"],
+)
+def test_unexpected_geometry_types_are_map_errors(tmp_path, maps, blob, match):
+    path = _mutated(tmp_path, maps, (_FIRST_LANE, (blob,)))
+    with pytest.raises(MapError, match=match) as e:
+        NuPlanMap(path)
+    assert str(path) in str(e.value) and "layer 'lanes_polygons'" in str(e.value)
+
+
+def test_declared_counts_beyond_the_blob_are_unreadable(tmp_path, maps):
+    line = _gp(b"\x01" + struct.pack("<II", 2, 0x7FFFFFFF) + struct.pack("<dd", 0, 0))
+    path = _mutated(tmp_path, maps, ("UPDATE baseline_paths SET geom = ? WHERE lane_fid = 1004",
+                                     (line,)))  # fmt: skip
+    m = NuPlanMap(path)
+    assert "1004" not in m.lanes
+    assert any("layer 'baseline_paths'" in p and "unreadable WKB" in p for p in m.problems)
+
+
+def test_bad_values_name_layer_record_and_field(tmp_path, maps):
+    path = _mutated(tmp_path, maps, ("UPDATE lanes_polygons SET speed_limit_mps = 'fast'",))
+    with pytest.raises(MapError, match="layer 'lanes_polygons' record '1001' field "
+                       "'speed_limit_mps': 'fast' is not a number"):  # fmt: skip
+        NuPlanMap(path)
+    path = _mutated(tmp_path / "srs", maps, ("UPDATE gpkg_spatial_ref_sys SET "
+                    "organization_coordsys_id = 'abc' WHERE srs_id = 4326",))  # fmt: skip
+    with pytest.raises(MapError, match="organization_coordsys_id"):
+        NuPlanMap(path)
+
+
+def test_views_are_refused_and_reading_is_bounded(tmp_path, maps, monkeypatch):
+    from autovla.scoring import nuplan_map
+
+    view = (
+        "CREATE VIEW intersections AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+        "SELECT x + 1 FROM c) SELECT x AS fid, zeroblob(1000) AS geom FROM c"
+    )
+    rename = "ALTER TABLE intersections RENAME TO intersections_real"
+    path = _mutated(tmp_path, maps, (rename,), (view,))
+    with pytest.raises(MapError, match=r"layer 'intersections'.* is a view, not a table"):
+        NuPlanMap(path)
+    monkeypatch.setattr(nuplan_map, "MAP_READ_SECONDS", -1.0)
+    monkeypatch.setattr(nuplan_map, "_PROGRESS_OPS", 1)
+    with pytest.raises(MapError, match="reading took over"):
+        NuPlanMap(map_file(maps, F.LOCATION))
+
+
+def test_file_names_cannot_add_sqlite_uri_parameters(tmp_path, maps):
+    # unescaped, "?mode=memory" would open an empty in-memory database instead of the file
+    dst = tmp_path / "x?mode=memory#"
+    shutil.copytree(maps, dst)
+    assert sorted(NuPlanMap(map_file(dst, F.LOCATION)).roadblocks) == sorted(
+        MapStore(maps).get(F.LOCATION).roadblocks
+    )
+
+
+class _Counted(list):
+    """A block's link list that counts how often the search walks it."""
+
+    walks = 0
+
+    def __iter__(self):
+        _Counted.walks += 1
+        return super().__iter__()
+
+
+def _ring(k: int, seed: int | None = None) -> list[Block]:
+    """6 roadblocks in a ring, k parallel connectors between neighbours (turn options); with a
+    seed, extra random links between any two blocks."""
+    rbs = [Block(f"rb{i}", ROADBLOCK, None) for i in range(6)]
+    blocks = list(rbs)
+    for i, b in enumerate(rbs):
+        for j in range(k):
+            c = Block(f"c{i}_{j}", ROADBLOCK_CONNECTOR, None)
+            blocks.append(c)
+            b.outgoing.append(c), c.incoming.append(b)
+            c.outgoing.append(rbs[(i + 1) % 6]), rbs[(i + 1) % 6].incoming.append(c)
+    rng = np.random.default_rng(seed)
+    for _ in range(0 if seed is None else 12):
+        a, b = rng.choice(len(blocks), 2)
+        blocks[a].outgoing.append(blocks[b]), blocks[b].incoming.append(blocks[a])
+    return blocks
+
+
+def _naive_bfs(start, targets, max_depth, forward=True):
+    """NAVSIM's search as written: every copy of a node kept in its level."""
+    level, parent, depth = [start], {(start.id, 1): None}, 1
+    while level and depth <= max_depth:
+        nxt = []
+        for block in level:
+            if block.id in targets:
+                path, d = [block], depth
+                while (p := parent[(path[-1].id, d)]) is not None:
+                    path.append(p)
+                    d -= 1
+                return (path[::-1] if forward else path), True
+            for n in block.outgoing if forward else block.incoming:
+                nxt.append(n)
+                parent[(n.id, depth + 1)] = block
+        level, depth = nxt, depth + 1
+    return [], False
+
+
+def test_bfs_is_linear_in_depth_with_parallel_links():
+    blocks = _ring(2)
+    for b in blocks:
+        b.outgoing = _Counted(b.outgoing)
+    _Counted.walks = 0
+    assert R.bfs_blocks(blocks[0], {"unreachable"}, R.FORWARD_DEPTH) == ([], False)
+    # NAVSIM's list doubles every second level (~2^16 walks); at most 2 per block and depth
+    assert _Counted.walks <= 2 * len(blocks) * R.FORWARD_DEPTH
+    big = _ring(50)  # the review's case: 50 turn options per junction
+    assert R.bfs_blocks(big[0], {"unreachable"}, R.FORWARD_DEPTH) == ([], False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bfs_answers_as_navsims_search(seed):
+    blocks = _ring(2, seed)
+    for target in ("rb3", "c4_1", "rb0", "nowhere"):
+        for forward in (True, False):
+            got = R.bfs_blocks(blocks[1], {target}, 9, forward)
+            want = _naive_bfs(blocks[1], {target}, 9, forward)
+            assert ids(got[0]) == ids(want[0]) and got[1] == want[1], (target, forward)

@@ -39,3 +39,15 @@ def test_schema_refuses_ids_that_are_paths() -> None:
     s = make_sample(0)
     with pytest.raises(ValidationError, match="usable as a file name"):
         s.model_validate({**s.model_dump(), "id": "a/../../x"})
+
+
+def test_safe_name_never_maps_two_texts_to_one_name() -> None:
+    # a plain text shaped like a changed name is changed too, else it would take that name
+    changed = safe_name("a b")
+    assert changed.startswith("a_b-") and safe_name(changed) != changed
+    assert safe_name("") != safe_name(safe_name(""))  # "" -> its bare 10-digit hash
+    texts = ["a b", "a_b", "a?b", changed, safe_name(""), "", ".x", "x", "-0123456789"]
+    names = [safe_name(t) for t in texts]
+    assert len(set(names)) == len(texts)
+    assert all(check_name(n) == n for n in names)
+    assert safe_name("4f2e9c1d8b7a6e5f") == "4f2e9c1d8b7a6e5f"  # scene tokens stay as they are

@@ -118,7 +118,7 @@ def test_rejections_name_the_field(client):
     ]
     e = _rejected(lambda: client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": audio}]))  # fmt: skip
-    assert e.param == f"messages[0].content[{len(audio) - 1}]" and "input_audio" in e.message
+    assert e.param == f"messages[0].content[{len(audio) - 1}].type" and "input_audio" in e.message
     e = _rejected(lambda: chat(client, max_tokens=5))
     assert e.param == "max_tokens" and e.code == "max_tokens_too_small"
     e = _rejected(lambda: chat(client, system="You are a helpful assistant."))

@@ -24,6 +24,7 @@ from pathlib import Path
 MAX_NAME = 200  # characters; file systems allow 255 bytes and writers add prefixes/suffixes
 _BAD = re.compile(r"[^A-Za-z0-9._+=@-]")  # what safe_name replaces
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HASHED = re.compile(r"(?:.*-)?[0-9a-f]{10}")  # the shape of safe_name's changed names
 
 
 class UnsafePathError(ValueError):
@@ -57,10 +58,12 @@ def safe_name(text: str, max_len: int = 120) -> str:
     """A plain file-name component made from any text.
 
     Letters, digits and `._+=@-` are kept; anything else becomes `_`, and a short hash of the
-    original is appended whenever something was changed, so distinct texts stay distinct.
+    original is appended whenever something was changed, so distinct texts stay distinct. A
+    text that already ends like a changed name (`-` and 10 hex digits, or only those digits)
+    is hashed too: kept as it is, it could be the name another text was changed into.
     """
     clean = _BAD.sub("_", text).lstrip(".")
-    if clean == text and 0 < len(text) <= max_len:
+    if clean == text and 0 < len(text) <= max_len and not _HASHED.fullmatch(text):
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{clean[: max_len - 11]}-{digest}" if clean else digest

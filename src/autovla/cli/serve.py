@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from autovla.cli.common import err_console, fail
+
+API_KEY_ENV = "AUTOVLA_API_KEY"
 
 
 def serve(
@@ -23,7 +26,7 @@ def serve(
     timeout_s: float = typer.Option(None, help="Per-request timeout in seconds (default 60)."),
     api_key: str = typer.Option(
         None,
-        envvar="AUTOVLA_API_KEY",
+        envvar=API_KEY_ENV,
         show_envvar=True,
         help="Require 'Authorization: Bearer KEY' (compared in constant time).",
     ),
@@ -59,6 +62,21 @@ def serve(
         name = str(err["loc"][0])
         flag = f"--{name.replace('_', '-')}" if name in flags else name
         raise fail(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
+    from autovla.serve.app import BindError, bind_socket, check_api_key, create_app, run_server
+
+    if api_key is None and API_KEY_ENV in os.environ:  # click reads an empty variable as unset
+        api_key = os.environ[API_KEY_ENV]
+    try:
+        check_api_key(api_key)
+    except ValueError:
+        raise fail(
+            "--api-key / $AUTOVLA_API_KEY is empty: give a non-empty key, or unset it to serve "
+            "without a bearer token"
+        ) from None
+    try:  # before the model loads: a taken port is reported at once, with a clear line
+        bind_socket(cfg.host, cfg.port).close()
+    except BindError as e:
+        raise fail(str(e)) from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print(
             f"warning: listening on {cfg.host} without --api-key: anyone who "
@@ -67,7 +85,6 @@ def serve(
         )
 
     from autovla.model.checkpoint import CheckpointError
-    from autovla.serve.app import create_app, run_server
     from autovla.serve.engine import Engine
 
     try:
@@ -81,7 +98,10 @@ def serve(
         f"{', bearer token required' if api_key else ''})",
         highlight=False,
     )
-    run_server(create_app(engine, cfg, api_key=api_key), cfg, access_log=access_log)
+    try:
+        run_server(create_app(engine, cfg, api_key=api_key), cfg, access_log=access_log)
+    except BindError as e:  # taken between the check above and now
+        raise fail(str(e)) from None
 
 
 def register(app: typer.Typer) -> None:

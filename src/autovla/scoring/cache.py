@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import shapely
 
 from autovla.io import atomic_path
 from autovla.paths import inside
+from autovla.scoring.wkb import POLYGONS, check_wkb
 
 VERSION = 1
 OBS_STEPS = 51  # scoring observation: 0 .. 5 s at 0.1 s
@@ -186,28 +189,49 @@ class MetricCache:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"metric cache not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                z = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise MetricCacheError(f"{path}: not a readable metric cache ({e})") from None
-        missing = [k for k in _REQUIRED if k not in z]
-        if missing:
-            raise MetricCacheError(f"{path}: metric cache lacks field(s) {', '.join(missing)}")
-        for k in _SCALARS:
-            if z[k].shape != ():
-                raise MetricCacheError(f"{path}, field {k!r}: expected a scalar, got {z[k].shape}")
+        z = read_npz(path)
+
+        def bad(name: str, why: str) -> MetricCacheError:
+            return MetricCacheError(f"{path}, field {name!r}: {why}")
+
+        for name, (kinds, ndim) in _FIELDS.items():
+            a = z[name]
+            if a.dtype.kind not in kinds or a.ndim != ndim:
+                want = {"U": "text", "iu": "integers", "fiu": "numbers", "u": "bytes"}[kinds]
+                shape = "a scalar" if ndim == 0 else f"{ndim}-D"
+                raise bad(name, f"expected {want} ({shape}), got {a.dtype} of shape {a.shape}")
+        if z["map_wkb"].dtype != np.uint8:
+            raise bad("map_wkb", f"expected uint8 bytes, got {z['map_wkb'].dtype}")
+        a = len(z["track_ids"])
+        shapes = {"centerline": (len(z["centerline"]), 3), "boxes": (OBS_STEPS, a, 5),
+                  "velocity": (OBS_STEPS, a, 2)}  # fmt: skip
+        for name, shape in shapes.items():
+            if z[name].shape != shape:
+                raise bad(name, f"expected shape {shape}, got {z[name].shape}")
         version = int(z["version"])
         if version != VERSION:
-            raise MetricCacheError(
-                f"{path}, field 'version': layout {version}, this autovla reads {VERSION}; "
-                "rebuild the metric cache"
-            )
+            raise bad("version", f"layout {version}, this autovla reads {VERSION}; rebuild it")
+        for name, n in (("map_types", len(MAP_TYPES)), ("track_types", len(TRACK_TYPES))):
+            if z[name].size and (z[name].min() < 0 or z[name].max() >= n):
+                raise bad(name, f"values must be in 0..{n - 1}")
         buf, off = z["map_wkb"].tobytes(), z["map_wkb_offsets"]
+        if len(off) != len(z["map_ids"]) + 1 or off[0] != 0 or off[-1] != len(buf):
+            raise bad("map_wkb_offsets", f"expected {len(z['map_ids']) + 1} offsets from 0 to "
+                      f"{len(buf)} (the map_wkb size), got {len(off)}")  # fmt: skip
+        if (np.diff(off) < 0).any():
+            raise bad("map_wkb_offsets", "offsets must not decrease")
+        blobs = [buf[a:b] for a, b in itertools.pairwise(off.tolist())]
+        for i, blob in enumerate(blobs):
+            try:
+                check_wkb(blob, POLYGONS)
+            except ValueError as e:  # before GEOS, which crashes on nested collections
+                raise bad(
+                    "map_wkb", f"polygon {i} (map id {str(z['map_ids'][i])!r}): {e}"
+                ) from None
         try:
-            polys = shapely.from_wkb([buf[a:b] for a, b in itertools.pairwise(off)])
+            polys = shapely.from_wkb(blobs)
         except shapely.errors.GEOSException as e:
-            raise MetricCacheError(f"{path}, field 'map_wkb': {e}") from None
+            raise bad("map_wkb", str(e)) from None
         limit = float(z["speed_limit"])
         try:
             return cls(
@@ -233,14 +257,81 @@ class MetricCache:
             raise MetricCacheError(f"{path}: inconsistent arrays ({e})") from None
 
 
+MAX_CACHE_BYTES = 256 * 2**20  # uncompressed; a scene's cache is a few hundred kB
+
+
+def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The metric cache's fields from an `.npz`, read without trusting it: sizes come from the
+    zip headers before anything is inflated (a zip bomb is refused, not unpacked), a member is
+    never inflated past its declared size, and each array's header must describe exactly the
+    bytes that follow (no object arrays, no huge shape over a short body)."""
+    max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            total = sum(i.file_size for i in infos.values())
+            if total > max_bytes:
+                raise MetricCacheError(
+                    f"{path}: {total} bytes uncompressed, over the {max_bytes}-byte limit of "
+                    "a metric cache (MAX_CACHE_BYTES)"
+                )
+            missing = [k for k in _REQUIRED if f"{k}.npy" not in infos]
+            if missing:
+                raise MetricCacheError(f"{path}: metric cache lacks field(s) {', '.join(missing)}")
+            out = {}
+            for k in _REQUIRED:
+                with zf.open(infos[f"{k}.npy"]) as f:
+                    raw = f.read(max_bytes + 1)
+                out[k] = _npy(raw, f"{path}, field {k!r}")
+            return out
+    except MetricCacheError:
+        raise
+    # a corrupt member: bad CRC or size, unknown compression, encrypted, broken deflate stream
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            RuntimeError, ValueError, zlib.error) as e:  # fmt: skip
+        raise MetricCacheError(f"{path}: not a readable metric cache ({e})") from None
+
+
+def _npy(raw: bytes, where: str) -> np.ndarray:
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise ValueError(f"npy format version {version}")
+        shape, fortran, dtype = read_header(f)
+    except (ValueError, TypeError, SyntaxError) as e:
+        raise MetricCacheError(f"{where}: not a numpy array ({e})") from None
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+        raise MetricCacheError(f"{where}: refusing dtype {dtype} (plain numbers and text only)")
+    body = memoryview(raw)[f.tell() :]
+    if math.prod(shape) * dtype.itemsize != len(body):
+        raise MetricCacheError(
+            f"{where}: header says {shape} x {dtype}, file holds {len(body)} bytes"
+        )
+    arr = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.copy()
+
+
+# field -> (dtype kinds allowed, dimensions)
+_FIELDS = {
+    "version": ("iu", 0), "token": ("U", 0), "ego": ("fiu", 1), "centerline": ("fiu", 2),
+    "route_lane_ids": ("U", 1), "map_ids": ("U", 1), "map_types": ("iu", 1),
+    "map_wkb": ("u", 1), "map_wkb_offsets": ("iu", 1), "track_ids": ("U", 1),
+    "track_types": ("iu", 1), "boxes": ("fiu", 3), "velocity": ("fiu", 3),
+    "pdm_closed": ("fiu", 2), "pdm_progress": ("fiu", 0), "speed_limit": ("fiu", 0),
+    "red_light_ids": ("U", 1),
+}  # fmt: skip
+
+
 _REQUIRED = (
     "version", "token", "ego", "centerline", "route_lane_ids", "map_ids", "map_types",
     "map_wkb", "map_wkb_offsets", "track_ids", "track_types", "boxes", "velocity",
     "pdm_closed", "pdm_progress", "speed_limit", "red_light_ids",
 )  # fmt: skip
-
-
-_SCALARS = ("version", "token", "pdm_progress", "speed_limit")
 
 
 def _strings(items: list[str]) -> np.ndarray:

@@ -11,7 +11,6 @@ with `scoring` set for every sample whose cache exists.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from autovla.data.manifest import dataset_root, iter_samples, rewrite_manifest
 from autovla.data.scene_filter import in_filter, scene_token
 from autovla.data.schema import DrivingSample
 from autovla.data.sources.runner import ConvertError, Filtered, Unit
+from autovla.io import file_lock
+from autovla.paths import name_problem
 from autovla.scoring.cache import MetricCacheError
 from autovla.scoring.navsim_cache import (
     CURRENT,
@@ -116,7 +117,14 @@ class MetricCacheJob:
                 yield ConvertError(self.logs, sid, "meta.log_name", f"log {log_name}.pkl {why}")
             return
         path = files[0]
-        todo = [(sid, tok) for sid, tok in items if not self.cache_file(log_name, tok).is_file()]
+        named = []
+        for sid, tok in items:  # tokens become file names: plain names only
+            problem = name_problem(tok)
+            if problem is None:
+                named.append((sid, tok))
+            else:
+                yield ConvertError(self.data, sid, "meta.scene_token", f"scene token {problem}")
+        todo = [(sid, tok) for sid, tok in named if not self.cache_file(log_name, tok).is_file()]
         if len(todo) < len(items):
             yield Filtered("already cached", len(items) - len(todo))
         if not todo:
@@ -143,17 +151,6 @@ class MetricCacheJob:
             yield sid
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def attach_caches(data: str | os.PathLike) -> int:
     """Set `scoring` on every NAVSIM sample whose metric cache exists; returns how many
     changed. Every manifest file is rewritten atomically, under a lock shared by shards."""
@@ -165,10 +162,12 @@ def attach_caches(data: str | os.PathLike) -> int:
         log_name = str((s.meta or {}).get("log_name") or "")
         if not log_name:
             return s
+        if name_problem(scene_token(s)) is not None:  # never cached (the job reported it)
+            return s
         rel = cache_relpath(log_name, scene_token(s))
         if s.scoring == rel or not (root / rel).is_file():
             return s
         return s.model_copy(update={"scoring": rel})
 
-    with _locked(root / CACHE_DIR / LOCK):
+    with file_lock(root / CACHE_DIR / LOCK):
         return rewrite_manifest(data, update)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import shapely
 
 from autovla.io import read_json
 from autovla.paths import UnsafePathError, check_name
+from autovla.scoring.wkb import LINES, POLYGONS, UnexpectedGeometry, check_wkb
 
 MAPS_JSON = "nuplan-maps-v1.0.json"
 LOCATIONS = (
@@ -54,6 +56,17 @@ TABLES: dict[str, tuple[str, ...]] = {
     "carpark_areas": (),
     "baseline_paths": ("lane_fid", "lane_connector_fid"),
 }
+
+
+# Geometry types each layer may hold; anything else, GeometryCollections above all (nested
+# ones crash GEOS), is refused before shapely parses it.
+LAYER_GEOMETRY: dict[str, frozenset[int]] = {t: POLYGONS for t in TABLES}
+LAYER_GEOMETRY["baseline_paths"] = LINES
+LAYER_GEOMETRY["lane_connectors"] = LINES | POLYGONS  # not used; devkit maps store lines
+# the other tables the reader opens; each must be a plain table (a view can run any query)
+GPKG_TABLES = ("gpkg_geometry_columns", "gpkg_spatial_ref_sys")
+MAP_READ_SECONDS = 600.0  # SQLite work allowed for one map (a real one reads in seconds)
+_PROGRESS_OPS = 10_000  # SQLite virtual-machine steps between two looks at the clock
 
 
 class MapError(ValueError):
@@ -128,12 +141,21 @@ def read_layer(con: sqlite3.Connection, file: Path, table: str, columns: Sequenc
         problems.append(f"layer {table!r} record {r[0]!r} field {geom_col!r}: {why}")
 
     kept, bodies = [], []
+    allowed = LAYER_GEOMETRY.get(table, LINES | POLYGONS)
     for r in rows:
+        if type(r[0]) is not int:
+            raise MapError(file, f"field {fid_col!r}: {_short(r[0])} is not an integer id", table)
         try:
             if r[1] is None:
                 raise ValueError("missing")
-            bodies.append(wkb_of_gpkg_blob(bytes(r[1])))
+            if not isinstance(r[1], bytes):
+                raise ValueError(f"not a blob ({type(r[1]).__name__})")
+            body = wkb_of_gpkg_blob(r[1])
+            check_wkb(body, allowed)
+            bodies.append(body)
             kept.append(r)
+        except UnexpectedGeometry as e:
+            raise MapError(file, f"field {geom_col!r}: {e}", table, r[0]) from None
         except ValueError as e:
             drop(r, str(e))
     geoms = shapely.from_wkb(bodies, on_invalid="ignore") if bodies else np.empty(0, object)
@@ -146,6 +168,11 @@ def read_layer(con: sqlite3.Connection, file: Path, table: str, columns: Sequenc
     fids = np.array([r[0] for r in kept], dtype=np.int64)
     srs = None if srs_id in (-1, 0) else srs_id
     return Layer(fids, np.asarray(geoms, dtype=object), cols, srs, problems)
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _fid_column(con: sqlite3.Connection, table: str, have: set[str]) -> str:
@@ -163,11 +190,29 @@ def _srs(con: sqlite3.Connection, srs_id: int):
         "WHERE srs_id = ?",
         (srs_id,),
     ).fetchone() or (None, None, None)
-    if org and org.upper() == "EPSG" and code and code > 0:
-        return pyproj.CRS.from_epsg(int(code))
-    if definition and definition.strip().lower() != "undefined":
+    if isinstance(org, str) and org.upper() == "EPSG" and code is not None:
+        if type(code) is not int or code <= 0:
+            raise ValueError(f"srs_id {srs_id}: field 'organization_coordsys_id' {_short(code)} "
+                             "is not a positive EPSG code")  # fmt: skip
+        return pyproj.CRS.from_epsg(code)
+    if isinstance(definition, str) and definition.strip().lower() != "undefined":
         return pyproj.CRS.from_user_input(definition)
     raise ValueError(f"srs_id {srs_id} has no usable definition in gpkg_spatial_ref_sys")
+
+
+def _check_plain_tables(con: sqlite3.Connection, file: Path) -> None:
+    """Every table the reader queries must be a plain table: a view (or a virtual table) of
+    the same name would run whatever query it holds, a recursive one without end."""
+    names = (*GPKG_TABLES, *TABLES, "meta")
+    marks = ", ".join("?" * len(names))
+    rows = con.execute(
+        f"SELECT name, type, sql FROM sqlite_master WHERE name IN ({marks})", names
+    ).fetchall()
+    for name, kind, sql in rows:
+        virtual = isinstance(sql, str) and sql.lstrip().upper().startswith("CREATE VIRTUAL")
+        if kind != "table" or virtual:
+            what = "a virtual table" if virtual else f"a {kind}"
+            raise MapError(file, f"is {what}, not a table (only plain tables are read)", name)
 
 
 def _meta(con: sqlite3.Connection) -> dict[str, str]:
@@ -289,18 +334,28 @@ class NuPlanMap:
         if path.stat().st_size == 0:
             raise MapError(path, "empty file (not a GeoPackage)")
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # as an escaped URI ("?" or "#" in a file name would start SQLite URI parameters)
+            con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         except sqlite3.Error as e:
             raise MapError(path, f"cannot open as SQLite/GeoPackage: {e}") from None
+        deadline = time.monotonic() + MAP_READ_SECONDS
+        con.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_OPS)
+
+        def error(e: sqlite3.Error, what: str) -> MapError:
+            if time.monotonic() > deadline:  # the progress handler interrupted the query
+                return MapError(path, f"reading took over {MAP_READ_SECONDS:.0f} s")
+            return MapError(path, f"{what} ({e})")
+
         try:
             try:
+                _check_plain_tables(con, path)
                 con.execute("SELECT count(*) FROM gpkg_geometry_columns").fetchone()
             except sqlite3.DatabaseError as e:
-                raise MapError(path, f"not a GeoPackage ({e})") from None
+                raise error(e, "not a GeoPackage") from None
             layers = {t: read_layer(con, path, t, cols) for t, cols in TABLES.items()}
             project, self.crs = _reprojector(con, path, {ly.srs_id for ly in layers.values()})
         except sqlite3.DatabaseError as e:
-            raise MapError(path, f"broken GeoPackage ({e})") from None
+            raise error(e, "broken GeoPackage") from None
         finally:
             con.close()
         if project is not None:
@@ -361,7 +416,8 @@ class NuPlanMap:
                 skip("lanes_polygons", lid, f"field 'lane_group_fid': roadblock "
                      f"{_sid(group)!r} not in lane_groups_polygons")  # fmt: skip
             else:
-                edge = Edge(lid, LANE, g, base, _limit(limit), block)
+                speed = _limit(limit, self.path, "lanes_polygons", lid)
+                edge = Edge(lid, LANE, g, base, speed, block)
                 block.edges.append(edge)
                 self.lanes[lid] = edge
 
@@ -387,7 +443,8 @@ class NuPlanMap:
             if why is not None:
                 skip("lane_connectors", cid, why)
                 continue
-            edge = Edge(cid, LANE_CONNECTOR, poly, base, _limit(limit), block)
+            speed = _limit(limit, self.path, "lane_connectors", cid)
+            edge = Edge(cid, LANE_CONNECTOR, poly, base, speed, block)
             block.edges.append(edge)
             self.connectors[cid] = edge
             src.outgoing.append(edge)
@@ -459,9 +516,13 @@ def _sid(v) -> str:
     return str(v).strip()
 
 
-def _limit(v) -> float | None:
+def _limit(v, file: Path, layer: str, record: str) -> float | None:
+    """A speed limit in m/s; None when absent or not finite (as the devkit treats NaN)."""
     if v is None:
         return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        msg = f"field 'speed_limit_mps': {_short(v)} is not a number"
+        raise MapError(file, msg, layer, record)
     v = float(v)
     return None if not np.isfinite(v) else v
 

@@ -119,24 +119,33 @@ def bfs_blocks(
     (start at depth 1, nodes deeper than `max_depth` never tested). The path runs in driving
     order: start -> target forward, target -> start backward (along incoming edges).
 
-    Nodes may be revisited at other depths; a node's parent at a depth is the last block that
-    reached it at that depth, as in NAVSIM's search."""
-    level = [start]
+    As in NAVSIM's search, nodes may be revisited at other depths, and a node's parent at a
+    depth is the last block that reached it at that depth. NAVSIM keeps every copy of a node in
+    a level, so parallel links multiply the level at every step (k^depth); here each level is
+    kept once in order of first arrival (which decides the target found) and once in order of
+    last arrival (which decides the parents): the same answer in at most depth x links steps."""
+    first, last = [start], [start]
     parent: dict[tuple[str, int], Block | None] = {(start.id, 1): None}
     depth = 1
-    while level and depth <= max_depth:
-        nxt: list[Block] = []
-        for block in level:
+    while first and depth <= max_depth:
+        for block in first:
             if block.id in targets:
                 path, d = [block], depth
                 while (p := parent[(path[-1].id, d)]) is not None:
                     path.append(p)
                     d -= 1
                 return (path[::-1] if forward else path), True
+        nxt_first: dict[int, Block] = {}
+        for block in first:
             for n in block.outgoing if forward else block.incoming:
-                nxt.append(n)
+                nxt_first.setdefault(id(n), n)
+        nxt_last: dict[int, Block] = {}
+        for block in last:
+            for n in block.outgoing if forward else block.incoming:
+                nxt_last.pop(id(n), None)  # re-inserted at the end: its latest arrival
+                nxt_last[id(n)] = n
                 parent[(n.id, depth + 1)] = block
-        level, depth = nxt, depth + 1
+        first, last, depth = list(nxt_first.values()), list(nxt_last.values()), depth + 1
     return [], False
 
 

@@ -1,14 +1,22 @@
 """The FastAPI app: endpoints, the guard in front of them, and the uvicorn runner.
 
 Order of checks for a planning request (each a JSON error naming the field, see `errors`):
-bearer token (401) -> admission to the bounded queue (429, before the body is read) -> body
-size (413, from Content-Length and while reading) -> schema (400) -> images, decoded in a
-worker thread (400/413) -> the dynamic batch (504 after the request timeout).
+bearer token (401) -> body size from Content-Length (413) -> a receiving slot (429 when
+`max_receiving` bodies are arriving) -> the body, within `body_timeout_s` (408) and
+`max_body_bytes` (413) -> its JSON items (413) -> admission to the bounded queue (429; a client
+that trickles its body holds a receiving slot for at most `body_timeout_s`, never an admitted
+one) -> schema (400) -> images, decoded by `decode_threads` worker threads (400/413/422) -> the
+dynamic batch. From the body received to the answer everything (parsing, decoding, queueing,
+planning) runs within `timeout_s`: 504 after it.
+
+Paths are checked as the router sees them (without the ASGI `root_path`), and every request
+with a body goes through the body limits, whatever its path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -18,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autovla import __version__
@@ -61,6 +70,22 @@ OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/r
 KNOWN_PATHS = (*PLAN_PATHS, *OPEN_PATHS, "/v1/models", "/metrics")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS")
+DEADLINE_KEY = "autovla.deadline"  # scope key: time.monotonic() when the request times out
+
+
+def route_path(scope: dict) -> str:
+    """The path the router matches (Starlette's own function: without the `root_path` prefix
+    a server or proxy put in front), so the guard checks what will be served."""
+    return get_route_path(scope) or "/"
+
+
+def check_api_key(api_key: str | None) -> None:
+    """None means no auth; an empty or blank key would silently mean the same, so refuse it."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError(
+            "the API key is empty: give a non-empty key, or none to serve without a bearer token"
+        )
 
 
 def endpoint_label(path: str) -> str:
@@ -75,9 +100,11 @@ class Guard:
     def __init__(self, app: ASGIApp, config: ServeConfig, api_key: str | None, metrics: Metrics):
         self.app = app
         self.config = config
+        check_api_key(api_key)
         self._key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.metrics = metrics
         self.admitted = 0  # planning requests between admission and their answer
+        self.receiving = 0  # requests whose body is arriving
 
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         if self._key_digest is None:
@@ -92,7 +119,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path = route_path(scope)
         label = endpoint_label(path)
         started = time.perf_counter()
         status_seen: list[int] = []
@@ -108,8 +135,15 @@ class Guard:
                               "unauthorized", {"www-authenticate": "Bearer"})  # fmt: skip
                 self.metrics.errors.labels(label, "unauthorized").inc()
                 return
-            if path not in PLAN_PATHS:
+            planning = path in PLAN_PATHS
+            if not planning and scope.get("method", "GET") in BODYLESS_METHODS:
                 await self.app(scope, receive, send_counted)
+                return
+            body = await self._receive(scope, receive, send_counted, label)
+            if body is None:
+                return
+            if not planning:
+                await self.app(scope, _replay(body, receive), send_counted)
                 return
             if self.admitted >= self.config.max_queue:
                 await _reject(send_counted, 429, None,
@@ -120,10 +154,7 @@ class Guard:
             self.admitted += 1
             self.metrics.queue_depth.set(self.admitted)
             try:
-                body = await self._read_body(scope, receive, send_counted, label)
-                if body is None:
-                    return
-                await self.app(scope, _replay(body, receive), send_counted)
+                await self._answer(scope, _replay(body, receive), send_counted, status_seen, label)
             finally:
                 self.admitted -= 1
                 self.metrics.queue_depth.set(self.admitted)
@@ -131,6 +162,58 @@ class Guard:
             status = status_seen[0] if status_seen else 499  # 499: the client went away
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+    async def _answer(
+        self, scope: dict, receive: Callable, send: Callable, status_seen: list[int], label: str
+    ) -> None:
+        """Run the app within the request timeout, counted from the body received; the
+        endpoints read the same deadline (scope[DEADLINE_KEY]) for their own steps."""
+        timeout = self.config.timeout_s
+        scope[DEADLINE_KEY] = time.monotonic() + timeout
+        task = asyncio.ensure_future(self.app(scope, receive, send))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if task in done or status_seen:  # answered, or answering (its own 504 perhaps)
+                await task
+                return
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except asyncio.CancelledError:  # the server is going away: so does the request
+            task.cancel()
+            raise
+        self.metrics.errors.labels(label, "timeout").inc()
+        if not status_seen:
+            await _reject(send, 504, None,
+                          f"no answer within the request timeout ({timeout:.3g} s)",
+                          "timeout")  # fmt: skip
+
+    async def _receive(
+        self, scope: dict, receive: Callable, send: Callable, label: str
+    ) -> bytes | None:
+        """The body, or None after answering why not (408, 413, 429) or a disconnect."""
+        if self.receiving >= self.config.max_receiving:
+            await _reject(send, 429, None,
+                          f"{self.config.max_receiving} requests are sending their bodies; "
+                          "retry later", "too_many_receiving", {"retry-after": "1"})  # fmt: skip
+            self.metrics.errors.labels(label, "too_many_receiving").inc()
+            return None
+        self.receiving += 1
+        try:
+            body = await self._read_body(scope, receive, send, label)
+        finally:
+            self.receiving -= 1
+        if body is None:
+            return None
+        lim = self.config.limits.max_json_items
+        items = body.count(b",") + body.count(b":")  # bytes.count: C speed, no parsing
+        if items > lim:
+            await _reject(send, 413, "body",
+                          f"request body has {items} JSON items (',' and ':'), at most {lim}",
+                          "too_many_items")  # fmt: skip
+            self.metrics.errors.labels(label, "too_many_items").inc()
+            return None
+        return body
 
     async def _read_body(
         self, scope: dict, receive: Callable, send: Callable, label: str
@@ -170,10 +253,12 @@ class Guard:
                     return True
 
         try:
-            connected = await asyncio.wait_for(read(), self.config.timeout_s)
+            connected = await asyncio.wait_for(read(), self.config.body_timeout_s)
         except TimeoutError:
-            await _reject(send, 408, "body", "the request body did not arrive in time", "timeout")
-            self.metrics.errors.labels(label, "timeout").inc()
+            took = self.config.body_timeout_s
+            await _reject(send, 408, "body", f"the request body did not arrive within {took:g} s",
+                          "body_timeout", {"connection": "close"})  # fmt: skip
+            self.metrics.errors.labels(label, "body_timeout").inc()
             return None
         if not connected:
             return None
@@ -228,6 +313,30 @@ class Service:
         )
         self._ids = itertools.count(1)
         self.reasoning_cap = config.limits.max_reasoning_tokens or engine.default_reasoning_tokens
+        self._decoders: ThreadPoolExecutor | None = None
+
+    @property
+    def decoders(self) -> ThreadPoolExecutor:
+        """The threads that parse chat content and decode images (`decode_threads` of them,
+        so a burst of requests cannot start more decodes than that at once)."""
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(
+                self.config.decode_threads, thread_name_prefix="autovla-decode"
+            )
+        return self._decoders
+
+    def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders = None
+
+    def deadline(self, request: Request) -> float:
+        """time.monotonic() at which this request times out (set by the guard when its body
+        arrived; an app called without the guard counts from now)."""
+        return request.scope.get(DEADLINE_KEY) or time.monotonic() + self.config.timeout_s
+
+    def budget(self, deadline: float) -> DecodeBudget:
+        return DecodeBudget(self.config.limits, deadline=deadline)
 
     def options(
         self,
@@ -274,17 +383,27 @@ class Service:
         return given or f"{prefix}-{next(self._ids):08d}"
 
     async def run(
-        self, options: PlanOptions, build: Callable[[], PlanJob], started: float
+        self, options: PlanOptions, build: Callable[[], PlanJob], deadline: float
     ) -> tuple[list[Any], Any, float]:
-        """Decode (worker thread), then plan in a batch; all within the request timeout."""
+        """Decode (worker thread), then plan in a batch; all before the request's deadline
+        (the decode itself stops between frames once it passed, see `DecodeBudget`)."""
         timeout = self.config.timeout_s
         t = time.perf_counter()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # parsing the body used it all
+            raise ServiceError(
+                504, None, f"no answer within the request timeout ({timeout:.3g} s)", "timeout"
+            )
+        loop = asyncio.get_running_loop()
         try:
-            job = await asyncio.wait_for(run_in_threadpool(build), timeout)
+            job = await asyncio.wait_for(loop.run_in_executor(self.decoders, build), remaining)
         except TimeoutError:
-            raise ServiceError(504, None, "decoding the images took too long", "timeout") from None
+            raise ServiceError(
+                504, None, f"decoding did not finish within the request timeout ({timeout:.3g} s)",
+                "timeout",
+            ) from None  # fmt: skip
         decode_s = time.perf_counter() - t
-        remaining = timeout - (time.perf_counter() - started)
+        remaining = deadline - time.monotonic()
         results, info = await self.batcher.submit(batch_key(options), job, remaining)
         self.metrics.queue_wait.observe(info.queued_s)
         return results, info, decode_s
@@ -346,6 +465,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
             yield
         finally:
             await service.batcher.stop()  # after the server stopped taking requests
+            service.close()
 
     app = FastAPI(
         title="autovla",
@@ -372,8 +492,10 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
             first, code = {"field": "body", "message": "not valid JSON"}, "bad_json"
         count_error(request, code)
         message = first["message"]
-        if len(details) > 1:
-            message += f" (and {len(details) - 1} more: see details)"
+        total = len(exc.errors())
+        if total > 1:
+            shown = "see details" if total == len(details) else f"{len(details)} in details"
+            message += f" (and {total - 1} more: {shown})"
         return JSONResponse(error_body(400, first["field"], message, code, details), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -393,18 +515,19 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
         )
 
     @app.post("/v1/plan", response_model=PlanResponse)
-    async def plan(req: PlanRequest) -> PlanResponse:
+    async def plan(req: PlanRequest, request: Request) -> PlanResponse:
         """Plan one driving sample; see docs/serve.md."""
         started = time.perf_counter()
+        deadline = service.deadline(request)
         options = service.options(
             mode=req.mode, action_choice=req.action_choice, temperature=req.temperature,
             top_p=req.top_p, seed=req.seed, num_samples=req.num_samples,
             max_reasoning_tokens=req.max_reasoning_tokens, system=None,
         )  # fmt: skip
         sample_id = service.new_id(req.id, "plan")
-        budget = DecodeBudget(config.limits)
+        budget = service.budget(deadline)
         results, info, decode_s = await service.run(
-            options, lambda: build_plan_job(req, sample_id, budget), started
+            options, lambda: build_plan_job(req, sample_id, budget), deadline
         )
         first = results[0]
         timings = {"images": decode_s, "queue": info.queued_s, "batch": info.run_s}
@@ -419,9 +542,9 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
         )
 
     @app.post("/v1/chat/completions", response_model=ChatResponse)
-    async def chat(req: ChatRequest) -> ChatResponse:
+    async def chat(req: ChatRequest, request: Request) -> ChatResponse:
         """The OpenAI chat subset: images or videos and the state line in, the answer out."""
-        started = time.perf_counter()
+        deadline = service.deadline(request)
         if req.model != engine.name:
             raise ServiceError(
                 404, "model", f"model {req.model!r} is not served here (GET /v1/models)",
@@ -440,7 +563,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
             num_samples_field="n", reasoning_field=which, clamp_reasoning=True,
         )  # fmt: skip
         sample_id = service.new_id(None, "chat")
-        budget = DecodeBudget(config.limits)
+        budget = service.budget(deadline)
 
         def build() -> PlanJob:
             state, frames, _system = chat_to_plan(req, engine.fmt, budget)
@@ -452,9 +575,9 @@ def create_app(engine: Engine, config: ServeConfig | None = None, api_key: str |
 
         # The system prompt picks the planner, so the batch key: read it here (cheap), before
         # the worker thread decodes the frames.
-        system = _system_of(req, engine)
+        system = _system_of(req, engine, budget)
         options = service.options(system=system, **options_kw)
-        results, _info, _ = await service.run(options, build, started)
+        results, _info, _ = await service.run(options, build, deadline)
         return ChatResponse(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
@@ -526,11 +649,11 @@ def _plan(r: Any) -> Plan:
     )
 
 
-def _system_of(req: ChatRequest, engine: Engine) -> str | None:
+def _system_of(req: ChatRequest, engine: Engine, budget: DecodeBudget) -> str | None:
     first = req.messages[0]
     if first.role not in ("system", "developer"):
         return None
-    return system_kind(message_text(first.content, "messages[0].content"), engine.fmt)
+    return system_kind(message_text(first.content, "messages[0].content", budget), engine.fmt)
 
 
 # --- running it ---------------------------------------------------------------------------
@@ -548,11 +671,45 @@ def uvicorn_config(app: Any, config: ServeConfig, access_log: bool = False, **kw
     )
 
 
+class BindError(OSError):
+    """The server cannot listen on its address (port taken, address not local, ...)."""
+
+
+def bind_socket(host: str, port: int) -> Any:
+    """A listening socket on host:port, or BindError with one clear line. Bound here, not by
+    uvicorn, whose failure to bind logs and returns as if it had served."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BindError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    family, kind, proto, _name, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(app: Any, config: ServeConfig, access_log: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM; then stop accepting, finish in-flight requests, exit."""
+    """Serve until SIGINT/SIGTERM; then stop accepting, finish in-flight requests, exit.
+    BindError (before anything is served) when host:port cannot be listened on."""
     import uvicorn
 
-    uvicorn.Server(uvicorn_config(app, config, access_log)).run()
+    sock = bind_socket(config.host, config.port)
+    server = uvicorn.Server(uvicorn_config(app, config, access_log))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise BindError(f"the server on {config.host}:{config.port} did not start (see the log)")
 
 
 class BackgroundServer:
@@ -593,4 +750,4 @@ class BackgroundServer:
         self._sock.close()
 
 
-__all__ = ["BackgroundServer", "create_app", "run_server"]
+__all__ = ["BackgroundServer", "BindError", "check_api_key", "create_app", "run_server"]

@@ -29,26 +29,35 @@ from autovla.serve.errors import ServiceError
 from autovla.serve.images import DecodeBudget, decode_image, decode_video
 from autovla.serve.schema import ChatRequest, ImageUrlPart, TextPart, VideoPart, VideoUrlPart
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# Unambiguous (each digit can be matched one way only), so a failed match backtracks linearly.
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 
 
 def state_pattern(fmt: PromptFormat) -> re.Pattern[str]:
-    """A regex for the format's state line (`user_state`) up to its last field; runs of
-    whitespace in the template match any whitespace, case is ignored."""
+    """A regex for the format's state line (`user_state`) up to its last field, matched
+    against text whose whitespace runs are single spaces (`normalize_text`); case is ignored.
+
+    No part of it repeats whitespace (a space is optional or single), so a search costs about
+    the text's length times the pattern's: no run of input can be split many ways."""
     regex = ""
     for literal, name, _spec, _conv in string.Formatter().parse(fmt.user_state):
         if name is None:  # the text after the last field is not required
             break
         words = literal.split()
-        regex += r"\s*" + r"\s+".join(re.escape(w) for w in words) + r"\s*" if words else r"\s*"
+        regex += " ?" + " ".join(re.escape(w) for w in words) + " ?" if words else " ?"
         if name in ("speed", "accel"):
             regex += f"(?P<{name}>{_NUMBER})"
         elif name == "instruction":
-            words = "|".join(r"\s+".join(w.split()) for w in INSTRUCTIONS)
+            words = "|".join(" ".join(w.split()) for w in INSTRUCTIONS)
             regex += f"(?P<instruction>{words})"
         else:
             raise ValueError(f"prompt format {fmt.name}: unknown field {{{name}}} in user_state")
     return re.compile(regex, re.IGNORECASE)
+
+
+def normalize_text(text: str) -> str:
+    """Runs of whitespace as single spaces (linear), the form `state_pattern` reads."""
+    return " ".join(text.split())
 
 
 def _example_state(fmt: PromptFormat) -> str:
@@ -62,7 +71,7 @@ def chat_to_plan(
     system: str | None = None
     msgs = list(req.messages)
     if msgs[0].role in ("system", "developer"):
-        text = message_text(msgs[0].content, "messages[0].content")
+        text = message_text(msgs[0].content, "messages[0].content", budget)
         system = system_kind(text, fmt)
         msgs = msgs[1:]
         offset = 1
@@ -89,6 +98,7 @@ def chat_to_plan(
     for j, part in enumerate(user.content):
         where = f"{field}[{j}]"
         if isinstance(part, TextPart):
+            check_text(part.text, f"{where}.text", budget)
             texts.append(part.text)
         elif isinstance(part, ImageUrlPart):
             stills.append((f"{where}.image_url.url", part.image_url.url))
@@ -116,7 +126,7 @@ def chat_to_plan(
         )  # fmt: skip
     if not stills and not videos:
         raise ServiceError(400, field, "no camera frames in the user message", "missing_images")
-    state = _parse_state(" ".join(texts), field, fmt)  # before any decoding: cheap checks first
+    state = parse_state(" ".join(texts), field, fmt)  # before any decoding: cheap checks first
     frames: dict[str, list] = {}
     if stills:
         if len(stills) > budget.limits.max_images:
@@ -140,12 +150,24 @@ def chat_to_plan(
     return state, frames, system
 
 
-def message_text(content: Any, field: str) -> str:
+def check_text(text: str, field: str, budget: DecodeBudget) -> None:
+    limit = budget.limits.max_text_chars
+    if len(text) > limit:
+        raise ServiceError(
+            413, field, f"text of {len(text)} characters, at most {limit} are accepted",
+            "text_too_long",
+        )  # fmt: skip
+
+
+def message_text(content: Any, field: str, budget: DecodeBudget) -> str:
     if isinstance(content, str):
-        return content
-    if all(isinstance(p, TextPart) for p in content):
-        return "".join(p.text for p in content)
-    raise ServiceError(400, field, "a system message holds text only", "bad_system")
+        text = content
+    elif all(isinstance(p, TextPart) for p in content):
+        text = "".join(p.text for p in content)
+    else:
+        raise ServiceError(400, field, "a system message holds text only", "bad_system")
+    check_text(text, field, budget)
+    return text
 
 
 def system_kind(text: str, fmt: PromptFormat) -> str:
@@ -162,8 +184,10 @@ def system_kind(text: str, fmt: PromptFormat) -> str:
     )  # fmt: skip
 
 
-def _parse_state(text: str, field: str, fmt: PromptFormat) -> dict[str, Any]:
-    m = state_pattern(fmt).search(text)
+def parse_state(text: str, field: str, fmt: PromptFormat) -> dict[str, Any]:
+    """Speed, acceleration and instruction from the user text (ServiceError naming `field`
+    when it has no state line)."""
+    m = state_pattern(fmt).search(normalize_text(text))
     if m is None:
         raise ServiceError(
             400, field,

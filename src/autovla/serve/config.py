@@ -1,8 +1,10 @@
 """Settings of `autovla serve`: where it listens, how it batches, and the limits it enforces.
 
-Every limit bounds memory or time for one request; together with `max_queue` they bound the
-whole process (at most `max_queue` admitted requests, each at most `max_body_bytes` on the
-wire and `max_decoded_bytes` decoded). Loaded from YAML (`autovla serve --config FILE`) with
+Every limit bounds memory or time for one request; together with `max_receiving` and
+`max_queue` they bound the whole process (at most `max_receiving` bodies being received and
+`max_queue` admitted requests, each at most `max_body_bytes` on the wire and
+`max_decoded_bytes` decoded, at most `decode_threads` of them parsed and decoded at once).
+Loaded from YAML (`autovla serve --config FILE`) with
 command-line flags on top; unknown keys are errors.
 """
 
@@ -29,6 +31,26 @@ class ServeLimits(StrictModel):
     max_decoded_bytes: int = Field(
         default=80 * MIB, ge=1024, description="all decoded RGB frames of one request"
     )
+    min_image_side: int = Field(
+        default=28, ge=1, description="shortest side of a frame (the vision encoder's 2x2 "
+        "patches of 14 pixels)",
+    )  # fmt: skip
+    max_aspect_ratio: float = Field(
+        default=200.0, ge=1.0, description="longest over shortest side (Qwen2.5-VL's "
+        "processor refuses more than 200)",
+    )  # fmt: skip
+    max_jpeg_scans: int = Field(
+        default=100, ge=1, description="start-of-scan markers in one JPEG (a baseline JPEG "
+        "has 1, a progressive one about 10; each scan is a pass over the whole image)",
+    )  # fmt: skip
+    max_text_chars: int = Field(
+        default=4096, ge=256, description="text of one chat message (the state line is "
+        "about 100 characters; camera labels and the system prompt fit with room)",
+    )  # fmt: skip
+    max_json_items: int = Field(
+        default=20_000, ge=100, description="',' and ':' in a JSON body: bounds its values "
+        "and keys (base64 has neither), so parsing and validation errors stay small",
+    )  # fmt: skip
     max_reasoning_tokens: int | None = Field(
         default=None, ge=1, description="cap on the chain of thought (default: the model's)"
     )
@@ -43,9 +65,21 @@ class ServeConfig(StrictModel):
         default=5.0, ge=0.0, description="how long the first request of a batch waits for more"
     )
     max_queue: int = Field(
-        default=32, ge=1, description="admitted requests (decoding, queued, planning); 429 above"
+        default=32, ge=1,
+        description="admitted requests (body received; decoding, queued, planning); 429 above",
+    )  # fmt: skip
+    max_receiving: int = Field(
+        default=32, ge=1, description="requests whose body is being received at once; 429 above"
     )
-    timeout_s: float = Field(default=60.0, gt=0.0, description="per request, body to answer")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="time to receive a request's body; 408 after"
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0.0, description="per request, from its body received to the answer"
+    )
+    decode_threads: int = Field(
+        default=4, ge=1, description="threads parsing requests and decoding their images"
+    )
     shutdown_grace_s: float = Field(
         default=90.0, ge=0.0, description="on SIGTERM, how long in-flight requests may finish"
     )

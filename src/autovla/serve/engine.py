@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,10 @@ from autovla.model.inputs import MemoryImages
 from autovla.model.prompts import SystemKind
 
 _solo = itertools.count()
+# Planners kept (LRU): one per (action choice, reasoning cap, system prompt). The reasoning cap
+# comes from each request (chat `max_tokens`), so without a bound every distinct value would
+# keep a planner (its vocabulary masks, its decoder's preallocated cache) for good.
+MAX_PLANNERS = 8
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,11 @@ class PlanJob:
 class Engine:
     """One loaded model; plans batches of jobs with planners built per decoding setting."""
 
-    def __init__(self, vla: Any, name: str):
+    def __init__(self, vla: Any, name: str, max_planners: int = MAX_PLANNERS):
         self.vla = vla
         self.name = name
-        self._planners: dict[tuple, Any] = {}
+        self.max_planners = max_planners
+        self._planners: OrderedDict[tuple, Any] = OrderedDict()
 
     @classmethod
     def load(
@@ -101,14 +107,20 @@ class Engine:
         from autovla.model.planner import Planner
 
         key = (options.action_choice, options.max_reasoning_tokens, options.system)
-        if key not in self._planners:
-            self._planners[key] = Planner(
+        planner = self._planners.get(key)
+        if planner is None:  # only the batch worker thread calls this: no lock needed
+            planner = Planner(
                 self.vla,
                 system=options.system,
                 max_reasoning_tokens=options.max_reasoning_tokens,
                 action_choice=options.action_choice,  # type: ignore[arg-type]
             )
-        return self._planners[key]
+            self._planners[key] = planner
+            while len(self._planners) > self.max_planners:
+                self._planners.popitem(last=False)
+        else:
+            self._planners.move_to_end(key)
+        return planner
 
     def plan(self, key: Hashable, jobs: Sequence[PlanJob]) -> list[list[Any]]:
         """Plan a batch of jobs with one option set; per job its `num_samples` PlanResults."""

@@ -17,16 +17,37 @@ class ServiceError(ValueError):
         self.code = code
 
 
+MAX_DETAILS = 20  # errors listed in one answer (a body of many bad items stays small)
+MAX_MESSAGE_CHARS = 300
 _BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
+def _is_label(p: Any) -> bool:
+    return isinstance(p, str) and (
+        "[" in p or p in _BRANCHES or p.startswith(("constrained-", "function-"))
+    )
+
+
 def field_path(loc: Sequence[Any]) -> str:
-    """('cameras', 'front', 2) -> 'cameras.front[2]'; FastAPI's leading 'body' and pydantic's
-    union branch labels ('str', 'list[tagged-union[...]]') are dropped."""
+    """('cameras', 'front', 2) -> 'cameras.front[2]'; FastAPI's leading 'body', pydantic's
+    union branch labels ('str', 'list[tagged-union[...]]') and the tag a tagged union inserts
+    after a list index ('messages[0].content[1]' + 'image_url' + 'image_url.url': the part's
+    type, not a field) are dropped."""
     parts = list(loc)
     if parts and parts[0] == "body":
         parts = parts[1:]
-    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
+    kept: list[Any] = []
+    tag_next = tagged = False
+    for p in parts:
+        if _is_label(p):
+            tagged = tagged or "tagged-union[" in p
+            continue
+        if tag_next and isinstance(p, str):  # the tag pydantic puts before the part's fields
+            tag_next = tagged = False
+            continue
+        tag_next = tagged and isinstance(p, int)
+        kept.append(p)
+    parts = kept
     out = ""
     for p in parts:
         if isinstance(p, int):
@@ -60,16 +81,26 @@ def error_body(
 
 def validation_details(errors: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     """pydantic errors -> [{'field', 'message'}] with readable paths, the most specific first:
-    of the errors under the first one's field (a union's branches), the deepest."""
+    of the errors under the first one's field (a union's branches), the deepest. At most
+    `MAX_DETAILS` of them, each message cut to `MAX_MESSAGE_CHARS`."""
     out = []
-    for e in errors:
+    kinds = []
+    for e in errors[:MAX_DETAILS]:
+        kinds.append(str(e.get("type", "")))
         msg = "unknown field" if e.get("type") == "extra_forbidden" else str(e.get("msg", ""))
-        out.append({"field": field_path(e.get("loc", ())), "message": msg})
+        field = field_path(e.get("loc", ()))
+        if e.get("type") == "union_tag_invalid":  # the tag is the part's `type` field
+            field += ".type"
+        out.append({"field": field, "message": msg[:MAX_MESSAGE_CHARS]})
     if len(out) > 1:
         first = out[0]["field"]
-        deepest = max(
-            (d for d in out if d["field"].startswith(first)), key=lambda d: len(d["field"])
+        # Of a union's branches, the one of the input's type (not 'should be a valid list'),
+        # then the deepest.
+        i = max(
+            (i for i, d in enumerate(out) if d["field"].startswith(first)),
+            key=lambda i: (not kinds[i].endswith("_type"), len(out[i]["field"])),
         )
+        deepest = out[i]
         out.remove(deepest)
         out.insert(0, deepest)
     return out

@@ -3,8 +3,11 @@
 Every limit is checked before the work it guards: the base64 length before decoding it, the
 file size before opening it, the width and height (read from the header by `Image.open`, which
 decodes no pixels) before decoding them, and the request's total of decoded bytes before each
-frame is decoded. Only the formats a camera sends are opened (JPEG and PNG; animated PNG, GIF
-and WebP for a video content part), so no other Pillow decoder is reachable from a request.
+frame is decoded. A JPEG's scans are counted before it is opened (each scan is a pass over the
+whole image), and frames too small or too elongated for the vision encoder are refused (422)
+before any pixel is decoded. Only the formats a camera sends are opened (JPEG and PNG;
+animated PNG, GIF and WebP for a video content part), so no other Pillow decoder is reachable
+from a request.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -30,8 +34,31 @@ class DecodeBudget:
     limits: ServeLimits
     used: int = 0
     images: int = 0
+    deadline: float | None = None  # time.monotonic() after which the request gets a 504
+
+    def check_time(self, field: str) -> None:
+        """Between frames: a request past its deadline (its caller already has a 504) stops
+        decoding instead of finishing in the background."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ServiceError(504, field, "the request timed out while decoding", "timeout")
 
     def charge(self, field: str, width: int, height: int, frames: int = 1) -> None:
+        lim = self.limits
+        short, long = min(width, height), max(width, height)
+        if short < lim.min_image_side:
+            raise ServiceError(
+                422, field,
+                f"image is {width}x{height}: its shorter side must be at least "
+                f"{lim.min_image_side} pixels",
+                "image_too_small",
+            )  # fmt: skip
+        if long > lim.max_aspect_ratio * short:
+            raise ServiceError(
+                422, field,
+                f"image is {width}x{height}: its aspect ratio {long / short:.4g} is over "
+                f"{lim.max_aspect_ratio:g}",
+                "bad_aspect_ratio",
+            )  # fmt: skip
         px = width * height
         if px > self.limits.max_image_pixels:
             raise ServiceError(
@@ -88,6 +115,23 @@ def image_bytes(value: str, field: str, limits: ServeLimits) -> bytes:
     return raw
 
 
+def jpeg_scans(raw: bytes) -> int:
+    """Start-of-scan markers (FF DA) in a JPEG file. Entropy-coded data never holds FF DA (an
+    FF there is followed by 00 or a restart marker), so each is a scan, which the decoder runs
+    over the whole image: a few bytes each, thousands of them cost a whole decode each."""
+    return raw.count(b"\xff\xda")
+
+
+def _check_scans(raw: bytes, field: str, limits: ServeLimits) -> None:
+    if raw.startswith(b"\xff\xd8"):
+        n = jpeg_scans(raw)
+        if n > limits.max_jpeg_scans:
+            raise ServiceError(
+                400, field, f"JPEG has {n} scans, at most {limits.max_jpeg_scans} are accepted",
+                "too_many_scans",
+            )  # fmt: skip
+
+
 def _open(raw: bytes, field: str, formats: tuple[str, ...]) -> Image.Image:
     try:
         return Image.open(io.BytesIO(raw), formats=list(formats))
@@ -110,7 +154,9 @@ def _rgb(im: Image.Image, field: str) -> Image.Image:
 
 def decode_image(value: str, field: str, budget: DecodeBudget) -> Image.Image:
     """One still JPEG or PNG frame as an RGB image."""
+    budget.check_time(field)
     raw = image_bytes(value, field, budget.limits)
+    _check_scans(raw, field, budget.limits)
     with _open(raw, field, STILL_FORMATS) as im:
         if getattr(im, "n_frames", 1) != 1:
             raise ServiceError(
@@ -122,6 +168,7 @@ def decode_image(value: str, field: str, budget: DecodeBudget) -> Image.Image:
 
 def decode_video(value: str, field: str, budget: DecodeBudget, frames: int) -> list[Image.Image]:
     """An animated PNG, GIF or WebP of exactly `frames` frames (oldest first) as RGB images."""
+    budget.check_time(field)
     raw = image_bytes(value, field, budget.limits)
     with _open(raw, field, VIDEO_FORMATS) as im:
         n = int(getattr(im, "n_frames", 1))
@@ -133,6 +180,7 @@ def decode_video(value: str, field: str, budget: DecodeBudget, frames: int) -> l
         budget.charge(field, *im.size, frames=n)
         out = []
         for i in range(n):
+            budget.check_time(field)
             try:
                 im.seek(i)
             except (OSError, EOFError, ValueError) as e:

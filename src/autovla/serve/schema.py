@@ -17,6 +17,15 @@ from autovla.model.planner import ActionChoice, PlanMode
 from autovla.model.prompts import Mode
 from autovla.paths import name_problem
 
+# Static bounds on list and string fields, far above any valid request: a body of many items or
+# one long string is refused at its first excess item with one error, not one per item. The
+# configurable limits (`ServeLimits`: max_text_chars, max_json_items, ...) are tighter.
+MAX_NAME_CHARS = 256
+MAX_HISTORY = 64  # past poses (the model's samples have 4)
+MAX_MESSAGES = 8  # the model answers one system and one user message
+MAX_PARTS = 64  # content parts of a message; frames of a video part
+MAX_TEXT_CHARS = 65_536
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -62,12 +71,15 @@ class PlanOptionsIn(_Request):
 class PlanRequest(PlanOptionsIn):
     """One planning problem: cameras, ego state and instruction in; 10 poses out."""
 
-    id: str | None = Field(None, description="echoed in the answer; a plain name")
+    id: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="echoed in the answer; a plain name"
+    )
     cameras: CameraFrames
     ego: EgoState
     instruction: Instruction
     history: list[Pose] = Field(
         default_factory=list,
+        max_length=MAX_HISTORY,
         description="past poses, oldest first, ego frame: 4 at 2 Hz ending at (0, 0, 0); "
         "optional (omitted: the current velocity held for 1.5 s; the prompt does not read it)",
     )
@@ -103,12 +115,12 @@ class PlanResponse(BaseModel):
 # --- OpenAI chat subset ----------------------------------------------------------------------
 class _Url(_Request):
     url: str
-    detail: str | None = None
+    detail: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 class TextPart(_Request):
     type: Literal["text"]
-    text: str
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="at most the server's max_text_chars")
 
 
 class ImageUrlPart(_Request):
@@ -123,7 +135,7 @@ class VideoUrlPart(_Request):
 
 class VideoPart(_Request):
     type: Literal["video"]
-    video: list[str] = Field(description="frame data URLs, oldest first")
+    video: list[str] = Field(max_length=MAX_PARTS, description="frame data URLs, oldest first")
 
 
 ContentPart = Annotated[
@@ -133,15 +145,18 @@ ContentPart = Annotated[
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
-    name: str | None = None
+    content: (
+        Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+        | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)]
+    )
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 class ChatRequest(_Request):
     """The chat-completions parameters this model can honour; any other is a 400."""
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=MAX_NAME_CHARS)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, description="tokens the model may generate")
     max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -149,7 +164,7 @@ class ChatRequest(_Request):
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: Literal[False] | None = Field(None, description="streaming is not supported")
-    user: str | None = None
+    user: str | None = Field(None, max_length=MAX_NAME_CHARS)
     mode: PlanMode = Field("auto", description="extension: force fast or slow thinking")
     action_choice: ActionChoice = Field("argmax", description="extension: greedy action choice")
 
