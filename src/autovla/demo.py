@@ -38,9 +38,15 @@ class DemoConfig(StrictModel):
     codebook_size: int = Field(default=2048, ge=16)
     sft_steps: int = Field(default=600, ge=1)
     sft_batch: int = Field(default=8, ge=1)
+    sft_max_minutes: float | None = Field(
+        default=None, gt=0, description="time budget of SFT (None: run every step)"
+    )
     rft_steps: int = Field(default=60, ge=1)
     rft_prompts: int = Field(default=2, ge=1, description="prompts per RFT step")
     rft_group: int = Field(default=8, ge=2, description="completions per prompt (G)")
+    rft_max_minutes: float | None = Field(
+        default=None, gt=0, description="time budget of RFT (None: run every step)"
+    )
     eval_limit: int | None = Field(default=None, ge=1, description="open-loop test samples")
     closed_loop_scenarios: int = Field(default=20, ge=1)
     seed: int = 0
@@ -98,7 +104,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
                 "val": {"datasets": [{"path": str(data), "split": "val"}]},
                 "sft": {"batch_size": cfg.sft_batch},
-                "train": {"max_steps": cfg.sft_steps},
+                # by step count: a budget that cuts the stage short is reported as such
+                "train": {"max_steps": cfg.sft_steps, "max_minutes": cfg.sft_max_minutes},
                 "output": {"dir": str(sft_dir)},
             },
         )
@@ -110,7 +117,7 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "inherit": str(recipe_path("tiny-rft.yaml")),
                 "model": {"path": str(sft_model)},
                 "data": {"datasets": [{"path": str(data), "split": "train", "weight": 1.0}]},
-                "train": {"max_steps": cfg.rft_steps},
+                "train": {"max_steps": cfg.rft_steps, "max_minutes": cfg.rft_max_minutes},
                 "grpo": {"group_size": cfg.rft_group, "prompts_per_step": cfg.rft_prompts},
                 "output": {"dir": str(rft_dir)},
             },
@@ -267,7 +274,8 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
     echo(f"autovla demo - {cfg.label}")
     for line in headline_rows(out, stages):
         echo(line)
-    echo(f"\nreport: {report}")
+    echo(f"\nthe table in Markdown: {out / 'headline.md'}")
+    echo(f"report: {report}")
     return report
 
 

@@ -1,4 +1,9 @@
-"""The demo's summary: the headline table (printed and in HTML) and one report page."""
+"""The demo's summary: the headline table (printed, in Markdown and in HTML) and one report page.
+
+Everything here is read back from what the stages wrote (each run's `results.json`, each
+training run's `final/autovla.json`, the demo's `stages.json`), so the report can be rebuilt
+at any time and always shows the current output.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,56 @@ from pathlib import Path
 from autovla.eval.report import CSS, fig_png, img_tag, pyplot
 
 PLANNERS = ("constant-velocity", "sft", "rft", "expert")
-COLUMNS = ("PDMS", "L2 avg (m)", "driving score", "success", "slow share", "latency p50 (s)")
+TRAINED = ("sft", "rft")
+
+# (column, loop, one-line definition); loop says where the number comes from
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    (
+        "PDMS",
+        "open",
+        "PDM score (NAVSIM v1.1 rules, docs/scoring.md): NC x DAC x (5 EP + 5 TTC + 2 C) / 12, "
+        "mean over the test samples; 1 is best",
+    ),
+    (
+        "L2 avg (m)",
+        "open",
+        "distance to the expert's position at 1, 2 and 3 s, averaged over the three "
+        "horizons (STP-3 convention); lower is better",
+    ),
+    (
+        "slow complex",
+        "open",
+        "share of complex test scenes on which the planner chose slow thinking (reasoning)",
+    ),
+    (
+        "slow straightf.",
+        "open",
+        "the same on straightforward scenes; a good model reasons more on complex ones",
+    ),
+    (
+        "latency p50 (s)",
+        "open",
+        "median planning time per sample in the open-loop run (batched, CPU)",
+    ),
+    (
+        "driving score",
+        "closed",
+        "route completion x infraction penalty (each infraction multiplies it by its factor, "
+        "driving off road by 1 - off-road share) per episode, mean over the scenarios",
+    ),
+    (
+        "success",
+        "closed",
+        "share of episodes that complete the route with no infraction and never off road",
+    ),
+)
+LOOP_NAMES = {"open": "open loop, test split", "closed": "closed loop, fresh scenarios"}
+
+STOPPED = {
+    "steps": "all steps done",
+    "time": "CUT SHORT by the time budget (train.max_minutes)",
+    "interrupt": "INTERRUPTED",
+}
 
 
 def _results(path: Path) -> dict | None:
@@ -25,14 +79,14 @@ def headline(out: Path) -> dict[str, dict[str, float | None]]:
         cl = _results(out / "runs" / f"closed-loop-{name}") or {}
         overall = ol.get("overall", {})
         slow = ol.get("reasoning", {}).get("slow_share", {})
-        n_slow = [v for v in slow.values() if v is not None]
         table[name] = {
             "PDMS": overall.get("pdms"),
             "L2 avg (m)": overall.get("l2_avg"),
+            "slow complex": slow.get("complex"),
+            "slow straightf.": slow.get("straightforward"),
+            "latency p50 (s)": ol.get("latency", {}).get("all", {}).get("p50"),
             "driving score": cl.get("overall", {}).get("driving_score"),
             "success": cl.get("overall", {}).get("success_rate"),
-            "slow share": (sum(n_slow) / len(n_slow)) if n_slow else None,
-            "latency p50 (s)": ol.get("latency", {}).get("all", {}).get("p50"),
         }
     return table
 
@@ -41,32 +95,64 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def training(out: Path) -> dict[str, dict]:
+    """stage -> {step, max_steps, stopped_by, seconds} for the training stages that ran."""
+    state_file = out / "stages.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    info: dict[str, dict] = {}
+    for stage in TRAINED:
+        meta = out / stage / "final" / "autovla.json"
+        t = json.loads(meta.read_text()).get("training") if meta.is_file() else None
+        if t:
+            info[stage] = {**t, "seconds": state.get(stage, {}).get("seconds")}
+    return info
+
+
+def cut_short(out: Path) -> list[str]:
+    """The training stages that did not run all their steps."""
+    return [s for s, t in training(out).items() if t.get("stopped_by") != "steps"]
+
+
+def _mark(name: str, cut: list[str]) -> str:
+    return f"{name} (cut short)" if name in cut else name
+
+
 def headline_rows(out: Path, stages=None) -> list[str]:
-    """The headline table as fixed-width text lines."""
+    """The headline table as fixed-width text lines, loop of each column above it."""
     table = headline(out)
-    width = max(len(p) for p in PLANNERS) + 2
-    lines = [" " * width + "".join(f"{c:>17}" for c in COLUMNS)]
-    for name, row in table.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{_fmt(row[c]):>17}" for c in COLUMNS))
+    cut = cut_short(out)
+    names = [_mark(n, cut) for n in PLANNERS]
+    width = max(len(n) for n in names) + 2
+    loops = " " * width + "".join(f"{c[1] + ' loop':>17}" for c in COLUMNS)
+    lines = [loops, " " * width + "".join(f"{c[0]:>17}" for c in COLUMNS)]
+    for name, shown in zip(PLANNERS, names, strict=True):
+        row = table[name]
+        lines.append(f"{shown:<{width}}" + "".join(f"{_fmt(row[c[0]]):>17}" for c in COLUMNS))
+    for stage in cut:
+        lines.append(f"WARNING: {stage} did not run all its steps: its rows are not comparable")
     return lines
 
 
-STOPPED = {
-    "steps": "all steps done",
-    "time": "stopped early by the time budget (train.max_minutes)",
-    "interrupt": "interrupted",
-}
+def headline_markdown(out: Path) -> str:
+    """The headline table in Markdown (the README's table is this output)."""
+    table = headline(out)
+    cut = cut_short(out)
+    head = "| planner | " + " | ".join(f"{c[0]} ({c[1]})" for c in COLUMNS) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    rows = [
+        f"| {_mark(n, cut)} | " + " | ".join(_fmt(table[n][c[0]]) for c in COLUMNS) + " |"
+        for n in PLANNERS
+    ]
+    return "\n".join([head, rule, *rows]) + "\n"
 
 
 def training_lines(out: Path) -> list[str]:
-    """How each training stage ended, from the metadata of its final checkpoint."""
+    """How each training stage ended (steps run of planned, why it stopped, wall time)."""
     lines = []
-    for stage in ("sft", "rft"):
-        info = out / stage / "final" / "autovla.json"
-        t = json.loads(info.read_text()).get("training") if info.is_file() else None
-        if t:
-            how = STOPPED.get(t.get("stopped_by"), "stopped")
-            lines.append(f"{stage}: step {t['step']} of {t['max_steps']}, {how}")
+    for stage, t in training(out).items():
+        how = STOPPED.get(t.get("stopped_by"), "stopped")
+        took = f", {t['seconds'] / 60:.1f} min" if t.get("seconds") is not None else ""
+        lines.append(f"{stage}: step {t['step']} of {t['max_steps']}, {how}{took}")
     return lines
 
 
@@ -91,46 +177,91 @@ def _scenario_chart(out: Path) -> str | None:
             label=name,
         )
     ax.set_xticks([x + 0.4 - w / 2 for x in range(len(scen))], scen, rotation=30, ha="right")
-    ax.set_ylabel("PDMS")
+    ax.set_ylabel("PDMS (open loop)")
     ax.legend(fontsize=7)
     return img_tag(fig_png(fig), "PDMS per scenario type")
+
+
+def _stage_times(out: Path, stages) -> str:
+    state_file = out / "stages.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    rows = []
+    total = 0.0
+    for s in stages:
+        secs = state.get(s.name, {}).get("seconds")
+        total += secs or 0.0
+        rows.append(
+            f"<tr><td>{html.escape(s.name)}</td><td>{'-' if secs is None else f'{secs:.0f}'}"
+            f"</td><td><code>autovla {html.escape(' '.join(s.args))}</code></td></tr>"
+        )
+    rows.append(f"<tr><td><b>total</b></td><td><b>{total:.0f}</b></td><td></td></tr>")
+    return (
+        "<table><tr><th>stage</th><th>seconds</th><th>command</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def write_demo_report(out: Path, stages, cfg) -> Path:
     from autovla.io import atomic_open
 
     table = headline(out)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("planner", *COLUMNS))
+    cut = cut_short(out)
+    loops = "".join(
+        f'<th colspan="{sum(1 for c in COLUMNS if c[1] == loop)}">{LOOP_NAMES[loop]}</th>'
+        for loop in ("open", "closed")
+    )
+    head = "".join(f"<th>{html.escape(c[0])}</th>" for c in COLUMNS)
     body = "".join(
         "<tr><td>"
-        + html.escape(n)
+        + html.escape(_mark(n, cut))
         + "</td>"
-        + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS)
+        + "".join(f"<td>{_fmt(r[c[0]])}</td>" for c in COLUMNS)
         + "</tr>"
         for n, r in table.items()
+    )
+    warning = "".join(
+        f'<p style="color:#b00;font-weight:bold">WARNING: the {html.escape(s)} stage did not '
+        "run all its steps (time budget or interrupt): its rows are not comparable with a "
+        "full run.</p>"
+        for s in cut
+    )
+    defs = "".join(
+        f"<li><b>{html.escape(c[0])}</b> ({c[1]} loop): {html.escape(c[2])}</li>" for c in COLUMNS
     )
     links = "".join(
         f'<li><a href="runs/{p.name}/report.html">{html.escape(p.name)}</a></li>'
         for p in sorted((out / "runs").glob("*"))
         if (p / "report.html").is_file()
     )
-    steps = "".join(
-        f"<li><code>autovla {html.escape(' '.join(s.args))}</code></li>" for s in stages
-    )
     chart = _scenario_chart(out) or ""
-    training = "".join(f"<li>{html.escape(line)}</li>" for line in training_lines(out))
+    train = "".join(f"<li>{html.escape(line)}</li>" for line in training_lines(out))
+    sizes = html.escape(
+        f"{cfg.scenes} scenes, codebook of up to {cfg.codebook_size} tokens, "
+        f"{cfg.sft_steps} SFT steps of {cfg.sft_batch} samples, {cfg.rft_steps} RFT steps of "
+        f"{cfg.rft_prompts} prompts x {cfg.rft_group} completions, "
+        f"{cfg.closed_loop_scenarios} closed-loop scenarios"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>autovla demo</title>
 <style>{CSS}</style></head><body>
 <h1>autovla demo: {html.escape(cfg.label)}</h1>
-<p>Embedded driving world, tiny Qwen2.5-VL-shaped model. Open loop on the test split;
-closed loop in fresh scenarios.</p>
-<h2>Headline</h2><table><tr>{head}</tr>{body}</table>
-<h2>Training</h2><ul>{training}</ul>
+<p>Embedded driving world, tiny Qwen2.5-VL-shaped model; {sizes}.</p>
+{warning}
+<h2>Headline</h2>
+<table><tr><th></th>{loops}</tr><tr><th>planner</th>{head}</tr>{body}</table>
+<p>Open loop: each planner plans once per sample of the held-out test split and is scored
+against the logged future. Closed loop: each planner drives fresh scenarios of the embedded
+world, replanning as it goes.</p>
+<ul>{defs}</ul>
+<h2>Training</h2><ul>{train}</ul>
 <h2>PDMS per scenario type</h2>{chart}
 <h2>Detailed reports</h2><ul>{links}</ul>
-<h2>What ran</h2><ol>{steps}</ol>
+<h2>What ran, and how long it took</h2>{_stage_times(out, stages)}
 </body></html>"""
     path = out / "report.html"
     with atomic_open(path) as f:
         f.write(page)
+    md = out / "headline.md"
+    with atomic_open(md) as f:
+        f.write(headline_markdown(out))
     return path

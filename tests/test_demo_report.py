@@ -1,0 +1,81 @@
+"""The demo's report from the files its stages write: columns by loop, metric definitions,
+step counts and stage times, and a training stage cut short said loudly everywhere."""
+
+import html
+import json
+from pathlib import Path
+
+from autovla.demo import PRESETS, build_stages
+from autovla.demo_report import (
+    COLUMNS,
+    PLANNERS,
+    headline_markdown,
+    headline_rows,
+    training_lines,
+    write_demo_report,
+)
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _fake_demo(out: Path, sft_stopped_by: str = "steps") -> None:
+    for i, name in enumerate(PLANNERS):
+        _write(
+            out / "runs" / f"open-loop-{name}" / "results.json",
+            {
+                "overall": {"pdms": 0.8 + i / 100, "l2_avg": 1.0 + i / 10},
+                "reasoning": {"slow_share": {"complex": 0.5, "straightforward": 0.125}},
+                "latency": {"all": {"p50": 0.02}},
+            },
+        )
+        _write(
+            out / "runs" / f"closed-loop-{name}" / "results.json",
+            {"overall": {"driving_score": 0.6 + i / 100, "success_rate": 0.25}},
+        )
+    steps = {"sft": (150, 600), "rft": (60, 60)}
+    for stage, (step, max_steps) in steps.items():
+        stopped = sft_stopped_by if stage == "sft" else "steps"
+        _write(
+            out / stage / "final" / "autovla.json",
+            {"training": {"step": step, "max_steps": max_steps, "stopped_by": stopped}},
+        )
+    _write(out / "stages.json", {"sft": {"seconds": 120.0}, "rft": {"seconds": 30.0}})
+
+
+def test_tables_hold_each_planner_and_column(tmp_path):
+    _fake_demo(tmp_path)
+    rows = headline_rows(tmp_path)
+    assert "open loop" in rows[0] and "closed loop" in rows[0]
+    assert rows[2].startswith("constant-velocity") and rows[2].split()[1] == "0.800"
+    assert rows[3].split()[1:3] == ["0.810", "1.100"]  # sft: PDMS, L2
+    md = headline_markdown(tmp_path).splitlines()
+    assert md[0].startswith("| planner | PDMS (open) | L2 avg (m) (open)")
+    assert "driving score (closed)" in md[0]
+    assert md[3] == "| sft | 0.810 | 1.100 | 0.500 | 0.125 | 0.020 | 0.610 | 0.250 |"
+    assert not any("WARNING" in r for r in rows)
+
+
+def test_report_defines_every_metric_and_shows_steps_and_times(tmp_path):
+    _fake_demo(tmp_path, sft_stopped_by="steps")
+    stages = build_stages(tmp_path, PRESETS["quick"])
+    page = write_demo_report(tmp_path, stages, PRESETS["quick"]).read_text()
+    for name, loop, definition in COLUMNS:
+        assert f"<b>{name}</b> ({loop} loop): {html.escape(definition)}" in page
+    assert "open loop, test split" in page and "closed loop, fresh scenarios" in page
+    assert "sft: step 150 of 600, all steps done, 2.0 min" in page
+    assert "<td>sft</td><td>120</td>" in page and "autovla train sft --config" in page
+    assert (tmp_path / "headline.md").read_text() == headline_markdown(tmp_path)
+
+
+def test_a_stage_cut_short_is_marked_in_table_lines_and_report(tmp_path):
+    _fake_demo(tmp_path, sft_stopped_by="time")
+    assert training_lines(tmp_path)[0].startswith("sft: step 150 of 600, CUT SHORT")
+    rows = headline_rows(tmp_path)
+    assert any(r.startswith("sft (cut short)") for r in rows)
+    assert rows[-1].startswith("WARNING: sft did not run all its steps")
+    assert "| sft (cut short) |" in headline_markdown(tmp_path)
+    page = write_demo_report(tmp_path, [], PRESETS["quick"]).read_text()
+    assert "WARNING: the sft stage did not run all its steps" in page
