@@ -176,6 +176,15 @@ def _trickler(port: int) -> socket.socket:
     return s
 
 
+def _read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (headers and body may come apart)."""
+    s.settimeout(10)
+    chunks = []
+    while chunk := s.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_trickled_bodies_hold_no_admission_slot():
     from autovla.serve.app import BackgroundServer
 
@@ -197,8 +206,7 @@ def test_trickled_bodies_hold_no_admission_slot():
             time.sleep(0.01)
         # One body still trickles, max_queue is 1: the complete request is admitted anyway.
         assert len(client.plan(body(0, mode="fast")).trajectory) == 10
-        slow[1].settimeout(10)
-        answer = slow[1].recv(4096)
+        answer = _read_all(slow[1])
         assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer
         slow[1].close()
 
