@@ -36,12 +36,12 @@ class DemoConfig(StrictModel):
     scenes: int = Field(default=600, ge=10, description="embedded-world scenarios to generate")
     workers: int = Field(default=2, ge=1)
     codebook_size: int = Field(default=2048, ge=16)
-    sft_steps: int = Field(default=600, ge=1)
+    sft_steps: int = Field(default=3000, ge=1)  # configs/tiny-sft.yaml's max_steps
     sft_batch: int = Field(default=8, ge=1)
     sft_max_minutes: float | None = Field(
         default=None, gt=0, description="time budget of SFT (None: run every step)"
     )
-    rft_steps: int = Field(default=60, ge=1)
+    rft_steps: int = Field(default=100, ge=1)
     rft_prompts: int = Field(default=2, ge=1, description="prompts per RFT step")
     rft_group: int = Field(default=8, ge=2, description="completions per prompt (G)")
     rft_max_minutes: float | None = Field(
