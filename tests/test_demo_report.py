@@ -5,7 +5,9 @@ import html
 import json
 from pathlib import Path
 
-from autovla.demo import PRESETS, build_stages
+import pytest
+
+from autovla.demo import PRESETS, build_stages, run_demo
 from autovla.demo_report import (
     COLUMNS,
     PLANNERS,
@@ -35,7 +37,7 @@ def _fake_demo(out: Path, sft_stopped_by: str = "steps") -> None:
             out / "runs" / f"closed-loop-{name}" / "results.json",
             {"overall": {"driving_score": 0.6 + i / 100, "success_rate": 0.25}},
         )
-    steps = {"sft": (150, 600), "rft": (60, 60)}
+    steps = {"sft": (600 if sft_stopped_by == "steps" else 150, 600), "rft": (60, 60)}
     for stage, (step, max_steps) in steps.items():
         stopped = sft_stopped_by if stage == "sft" else "steps"
         _write(
@@ -65,7 +67,7 @@ def test_report_defines_every_metric_and_shows_steps_and_times(tmp_path):
     for name, loop, definition in COLUMNS:
         assert f"<b>{name}</b> ({loop} loop): {html.escape(definition)}" in page
     assert "open loop, test split" in page and "closed loop, fresh scenarios" in page
-    assert "sft: step 150 of 600, all steps done, 2.0 min" in page
+    assert "sft: step 600 of 600, all steps done, 2.0 min" in page
     assert "<td>sft</td><td>120</td>" in page and "autovla train sft --config" in page
     assert (tmp_path / "headline.md").read_text() == headline_markdown(tmp_path)
 
@@ -75,7 +77,46 @@ def test_a_stage_cut_short_is_marked_in_table_lines_and_report(tmp_path):
     assert training_lines(tmp_path)[0].startswith("sft: step 150 of 600, CUT SHORT")
     rows = headline_rows(tmp_path)
     assert any(r.startswith("sft (cut short)") for r in rows)
-    assert rows[-1].startswith("WARNING: sft did not run all its steps")
+    # RFT trained from the short SFT model: its row is marked too
+    assert any(r.startswith("rft (cut short)") for r in rows)
+    assert rows[-2].startswith("WARNING: sft did not run all its steps")
+    assert rows[-1].startswith("WARNING: rft did not run all its steps")
     assert "| sft (cut short) |" in headline_markdown(tmp_path)
     page = write_demo_report(tmp_path, [], PRESETS["quick"]).read_text()
     assert "WARNING: the sft stage did not run all its steps" in page
+
+
+def test_older_checkpoints_without_stopped_by_are_judged_by_their_step_count(tmp_path):
+    _fake_demo(tmp_path)
+    for stage, step in (("sft", 600), ("rft", 30)):
+        meta = tmp_path / stage / "final" / "autovla.json"
+        meta.write_text(json.dumps({"training": {"step": step, "max_steps": 600 if stage ==
+                                    "sft" else 60}}))  # fmt: skip
+    lines = training_lines(tmp_path)
+    assert lines[0].startswith("sft: step 600 of 600, all steps done")
+    assert lines[1].startswith("rft: step 30 of 60, stopped")
+    assert next(r for r in headline_rows(tmp_path) if "cut short" in r).startswith("rft")
+
+
+def test_missing_null_and_non_finite_values_show_as_dashes(tmp_path):
+    _fake_demo(tmp_path)
+    (tmp_path / "runs" / "open-loop-sft" / "results.json").write_text(
+        '{"overall": {"pdms": NaN, "l2_avg": "x"}, "reasoning": null, "latency": null}'
+    )
+    (tmp_path / "runs" / "closed-loop-sft" / "results.json").write_text("{not json")
+    (tmp_path / "rft" / "final" / "autovla.json").write_text("[]")
+    row = next(r for r in headline_rows(tmp_path) if r.startswith("sft"))
+    assert row.split()[1:] == ["-"] * len(COLUMNS)
+    assert [line.split(":")[0] for line in training_lines(tmp_path)] == ["sft"]
+
+
+def test_a_demo_folder_of_other_settings_is_refused_before_anything_runs(tmp_path):
+    _fake_demo(tmp_path)
+    state = json.loads((tmp_path / "stages.json").read_text())
+    (tmp_path / "stages.json").write_text(json.dumps({**state, "_preset": "quick"}))
+    with pytest.raises(ValueError, match="other settings"):  # an older run: no _config
+        run_demo(tmp_path, preset="quick", echo=lambda *_: None)
+    other = {**PRESETS["quick"].model_dump(), "sft_steps": 31}
+    (tmp_path / "stages.json").write_text(json.dumps({"_preset": "quick", "_config": other}))
+    with pytest.raises(ValueError, match="--fresh"):
+        run_demo(tmp_path, preset="quick", echo=lambda *_: None)

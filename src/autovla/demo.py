@@ -150,6 +150,8 @@ def build_stages(out: Path, cfg: DemoConfig) -> list[Stage]:
                 "fit",
                 "--data",
                 str(data),
+                "--split",
+                "train",  # the test split must not shape the tokens it is scored with
                 "--size",
                 str(cfg.codebook_size),
                 "--seed",
@@ -255,6 +257,7 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
             STATE_FILE,
             "codebook.safetensors",
             "report.html",
+            "headline.md",
         ):
             p = out / child
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -262,7 +265,15 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
     state = _load_state(out)
     if state.get("_preset") not in (None, preset):
         raise ValueError(f"{out} holds a '{state['_preset']}' demo; use another --out or --fresh")
+    sizes = cfg.model_dump()
+    if state.get("_config", sizes) != sizes or (state.get("_config") is None and len(state) > 1):
+        # finished stages of other sizes would be skipped and reported as this run's
+        raise ValueError(
+            f"{out} holds a demo run with other settings (or from an older autovla); "
+            "use --fresh to redo it, or another --out"
+        )
     state["_preset"] = preset
+    state["_config"] = sizes
     stages = build_stages(out, cfg)
     run_stages(stages, out / STATE_FILE, state, echo)
     from autovla.demo_report import headline_rows, training_lines, write_demo_report
@@ -272,7 +283,7 @@ def run_demo(out: Path, preset: str = "full", fresh: bool = False, echo=print) -
         echo(line)
     echo("")
     echo(f"autovla demo - {cfg.label}")
-    for line in headline_rows(out, stages):
+    for line in headline_rows(out):
         echo(line)
     echo(f"\nthe table in Markdown: {out / 'headline.md'}")
     echo(f"report: {report}")

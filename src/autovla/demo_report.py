@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from autovla.eval.report import CSS, fig_png, img_tag, pyplot
@@ -22,28 +23,30 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
         "PDMS",
         "open",
         "PDM score (NAVSIM v1.1 rules, docs/scoring.md): NC x DAC x (5 EP + 5 TTC + 2 C) / 12, "
-        "mean over the test samples; 1 is best",
+        "mean over the test samples; 1 is best (the logged expert scores below 1: ego "
+        "progress is measured against the PDM-Closed reference planner)",
     ),
     (
         "L2 avg (m)",
         "open",
-        "distance to the expert's position at 1, 2 and 3 s, averaged over the three "
-        "horizons (STP-3 convention); lower is better",
+        "mean distance to the logged future over the 0.5 s steps up to 1, 2 and 3 s (ST-P3 "
+        "convention), averaged over the three horizons; lower is better",
     ),
     (
         "slow complex",
         "open",
-        "share of complex test scenes on which the planner chose slow thinking (reasoning)",
+        "share of complex test samples on which the planner chose slow thinking (reasoning)",
     ),
     (
         "slow straightf.",
         "open",
-        "the same on straightforward scenes; a good model reasons more on complex ones",
+        "the same on straightforward samples; a good model reasons more on complex ones",
     ),
     (
         "latency p50 (s)",
         "open",
-        "median planning time per sample in the open-loop run (batched, CPU)",
+        "median planning time per sample in the open-loop run (a batch of 8 samples' wall "
+        "time / 8, on the device the run used)",
     ),
     (
         "driving score",
@@ -67,32 +70,45 @@ STOPPED = {
 
 
 def _results(path: Path) -> dict | None:
+    """A run's results.json, or None when it is missing or unreadable (shown as "-")."""
     f = path / "results.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    try:
+        data = json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _get(d: object, *keys: str) -> object:
+    """d[k1][k2]..., or None where a level is missing or not a dict."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
 
 
 def headline(out: Path) -> dict[str, dict[str, float | None]]:
     """planner -> column -> value, from the runs the demo wrote."""
     table: dict[str, dict[str, float | None]] = {}
     for name in PLANNERS:
-        ol = _results(out / "runs" / f"open-loop-{name}") or {}
-        cl = _results(out / "runs" / f"closed-loop-{name}") or {}
-        overall = ol.get("overall", {})
-        slow = ol.get("reasoning", {}).get("slow_share", {})
+        ol = _results(out / "runs" / f"open-loop-{name}")
+        cl = _results(out / "runs" / f"closed-loop-{name}")
         table[name] = {
-            "PDMS": overall.get("pdms"),
-            "L2 avg (m)": overall.get("l2_avg"),
-            "slow complex": slow.get("complex"),
-            "slow straightf.": slow.get("straightforward"),
-            "latency p50 (s)": ol.get("latency", {}).get("all", {}).get("p50"),
-            "driving score": cl.get("overall", {}).get("driving_score"),
-            "success": cl.get("overall", {}).get("success_rate"),
+            "PDMS": _get(ol, "overall", "pdms"),
+            "L2 avg (m)": _get(ol, "overall", "l2_avg"),
+            "slow complex": _get(ol, "reasoning", "slow_share", "complex"),
+            "slow straightf.": _get(ol, "reasoning", "slow_share", "straightforward"),
+            "latency p50 (s)": _get(ol, "latency", "all", "p50"),
+            "driving score": _get(cl, "overall", "driving_score"),
+            "success": _get(cl, "overall", "success_rate"),
         }
     return table
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _fmt(v: object) -> str:
+    """Three decimals; "-" for a value that is missing, not a number or not finite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v:.3f}"
 
 
 def training(out: Path) -> dict[str, dict]:
@@ -102,22 +118,32 @@ def training(out: Path) -> dict[str, dict]:
     info: dict[str, dict] = {}
     for stage in TRAINED:
         meta = out / stage / "final" / "autovla.json"
-        t = json.loads(meta.read_text()).get("training") if meta.is_file() else None
-        if t:
-            info[stage] = {**t, "seconds": state.get(stage, {}).get("seconds")}
+        try:
+            t = json.loads(meta.read_text()).get("training") if meta.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            t = None
+        if isinstance(t, dict) and "step" in t and "max_steps" in t:
+            if "stopped_by" not in t:  # checkpoints of older versions: judge by the count
+                t["stopped_by"] = "steps" if t["step"] >= t["max_steps"] else "unknown"
+            info[stage] = {**t, "seconds": _get(state, stage, "seconds")}
     return info
 
 
 def cut_short(out: Path) -> list[str]:
-    """The training stages that did not run all their steps."""
-    return [s for s, t in training(out).items() if t.get("stopped_by") != "steps"]
+    """The training stages that did not run all their steps, and the ones trained from them
+    (RFT starts from the SFT model: a short SFT makes its RFT row incomparable too)."""
+    info = training(out)
+    cut = [s for s, t in info.items() if t.get("stopped_by") != "steps"]
+    if "sft" in cut and "rft" in info and "rft" not in cut:
+        cut.append("rft")
+    return cut
 
 
 def _mark(name: str, cut: list[str]) -> str:
     return f"{name} (cut short)" if name in cut else name
 
 
-def headline_rows(out: Path, stages=None) -> list[str]:
+def headline_rows(out: Path) -> list[str]:
     """The headline table as fixed-width text lines, loop of each column above it."""
     table = headline(out)
     cut = cut_short(out)
@@ -129,7 +155,10 @@ def headline_rows(out: Path, stages=None) -> list[str]:
         row = table[name]
         lines.append(f"{shown:<{width}}" + "".join(f"{_fmt(row[c[0]]):>17}" for c in COLUMNS))
     for stage in cut:
-        lines.append(f"WARNING: {stage} did not run all its steps: its rows are not comparable")
+        lines.append(
+            f"WARNING: {stage} did not run all its steps (or started from a model that did "
+            "not): its row is not comparable; rerun with --fresh and no time budget"
+        )
     return lines
 
 
@@ -188,12 +217,14 @@ def _stage_times(out: Path, stages) -> str:
     rows = []
     total = 0.0
     for s in stages:
-        secs = state.get(s.name, {}).get("seconds")
+        secs = _get(state, s.name, "seconds")
+        secs = secs if isinstance(secs, (int, float)) else None
         total += secs or 0.0
         rows.append(
             f"<tr><td>{html.escape(s.name)}</td><td>{'-' if secs is None else f'{secs:.0f}'}"
             f"</td><td><code>autovla {html.escape(' '.join(s.args))}</code></td></tr>"
         )
+    # the last invocation of each stage (a resumed training counts its last part only)
     rows.append(f"<tr><td><b>total</b></td><td><b>{total:.0f}</b></td><td></td></tr>")
     return (
         "<table><tr><th>stage</th><th>seconds</th><th>command</th></tr>"
@@ -222,8 +253,8 @@ def write_demo_report(out: Path, stages, cfg) -> Path:
     )
     warning = "".join(
         f'<p style="color:#b00;font-weight:bold">WARNING: the {html.escape(s)} stage did not '
-        "run all its steps (time budget or interrupt): its rows are not comparable with a "
-        "full run.</p>"
+        "run all its steps (time budget or interrupt), or started from a model that did not: "
+        "its row is not comparable with a full run. Rerun the demo with --fresh.</p>"
         for s in cut
     )
     defs = "".join(
