@@ -952,7 +952,9 @@ def commit() -> str:
     return sha + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def write_results(p: Plan, path: Path, command: str, state: dict, wall: str) -> Path:
+def write_results(
+    p: Plan, path: Path, command: str, state: dict, wall: str, note: str | None = None
+) -> Path:
     """docs/results.md (or `path`): one section per experiment, its table beside the paper's
     numbers, with the command, commit, machine and stage times."""
     cfg = p.cfg
@@ -976,6 +978,7 @@ def write_results(p: Plan, path: Path, command: str, state: dict, wall: str) -> 
         "* recipes: configs/tiny-sft.yaml and configs/tiny-rft.yaml (step counts above, no time "
         "budget); greedy planning with `--action-choice expected` unless stated",
         f"* wall time of this invocation: {wall}",
+        *([f"* note: {note}"] if note else []),
         "",
     ]
     for exp, (title, fn) in TABLES.items():
@@ -1050,6 +1053,11 @@ def main(argv: list[str] | None = None) -> int:
         "else OUT/results-SPLIT.md)",
     )
     ap.add_argument("--dry-run", action="store_true", help="print the stages and expected time")
+    ap.add_argument(
+        "--note",
+        help="a line for the results page: how the runs were made when not in one invocation "
+        "(resumed, stages run by hand), or what the numbers mean against the targets",
+    )
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     out = args.out or ROOT / "runs" / ("reproduce-quick" if args.quick else "reproduce")
@@ -1093,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/reproduce.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
-    path = write_results(p, results, command.strip(), state, wall)
+    path = write_results(p, results, command.strip(), state, wall, args.note)
     print(f"\nresults: {path}")
     return 0
 
