@@ -52,6 +52,7 @@ def error_of(resp, status: int) -> dict:
 
 
 # --- 1. chat text: linear parsing, bounded length, the timeout from the body on ---------------
+@pytest.mark.slow  # ~8 s: large adversarial texts, timed against each other
 def test_state_line_parse_is_linear():
     fmt = tiny_vla().fmt
     odd = STATE.replace(" ", "  \t").replace("Current speed", "CURRENT\n speed")
