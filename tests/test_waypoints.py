@@ -18,7 +18,6 @@ import yaml
 from typer.testing import CliRunner
 
 from autovla.cli import app
-from autovla.data.manifest import write_manifest
 from autovla.model.planner import Planner, waypoint_trajectory
 from autovla.model.prompts import (
     PromptFormat,
@@ -29,9 +28,8 @@ from autovla.model.prompts import (
     render_waypoint_answer,
     render_waypoints,
 )
-from tests.conftest import make_sample
 from tests.model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
-from tests.train_sft_fixtures import REASONING, codebook
+from tests.train_sft_fixtures import REASONING, codebook, write_dataset
 
 FORMAT = "autovla-waypoints-v1"
 XY = np.array([[1.254, 0.0], [2.5, -0.004], [3.75, 0.1], [5.0, 0.3], [6.2, 0.6],
@@ -117,14 +115,7 @@ def workspace() -> Path:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "answers: waypoints" in res.output
-    ds = root / "ds"
-    samples = []
-    for i in range(8):
-        s = make_sample(i, ds, split="train" if i < 6 else "test")
-        if s.complex:
-            s = s.model_copy(update={"reasoning": REASONING})
-        samples.append(s)
-    write_manifest(ds, samples)
+    write_dataset(root / "ds", 8, 6, "test")
     return root
 
 

@@ -43,15 +43,19 @@ def workspace() -> Path:
     cb.save(root / "codebook.safetensors")
     codebook(shift=0.3).save(root / "other-codebook.safetensors")
     build_model("tiny", cb, seed=0).save_pretrained(root / "model")
-    ds = root / "ds"
+    write_dataset(root / "ds", 14, 10, "val")
+    return root
+
+
+def write_dataset(ds: Path, n: int, n_train: int, other_split: str) -> None:
+    """n samples (the first n_train in train, the rest in other_split); complex ones reason."""
     samples = []
-    for i in range(14):
-        s = make_sample(i, ds, split="train" if i < 10 else "val")
+    for i in range(n):
+        s = make_sample(i, ds, split="train" if i < n_train else other_split)
         if s.complex:
             s = s.model_copy(update={"reasoning": REASONING})
         samples.append(s)
     write_manifest(ds, samples)
-    return root
 
 
 def write_config(path: Path, out: Path, **sections) -> Path:
