@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -74,6 +75,7 @@ class Settings:
     best_of_n: tuple[int, ...] = (1, 2, 4, 6)
     scaling: tuple[float, ...] = (0.25, 0.5)  # training-scene fractions besides all of them
     eval_threads: int = 2  # torch threads while evaluating (planning times depend on it)
+    train_threads: int | None = None  # torch threads while training (None: the recipe's)
     seed: int = 0
 
 
@@ -162,6 +164,10 @@ def _write_yaml(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
         yaml.safe_dump(data, f, sort_keys=False)
+
+
+def _train_threads(cfg: Settings) -> dict[str, int]:
+    return {} if cfg.train_threads is None else {"torch_threads": cfg.train_threads}
 
 
 def _threads(n: int):
@@ -332,7 +338,12 @@ def sft_stage(
                     "max_samples": cfg.sft_val_samples,
                 },
                 "sft": {"variant": variant, "batch_size": cfg.sft_batch},
-                "train": {"max_steps": cfg.sft_steps, "max_minutes": None, "seed": cfg.seed},
+                "train": {
+                    "max_steps": cfg.sft_steps,
+                    "max_minutes": None,
+                    "seed": cfg.seed,
+                    **_train_threads(cfg),
+                },
                 "output": {"dir": str(run_dir)},
             },
         )
@@ -373,7 +384,12 @@ def rft_stage(p: Plan, experiment: str, seed: int) -> str:
                 "model": {"path": str(p.model("sft"))},
                 "data": {"datasets": [{"path": str(p.data), "split": "train"}]},
                 "grpo": {"prompts_per_step": cfg.rft_prompts, "group_size": cfg.rft_group},
-                "train": {"max_steps": cfg.rft_steps, "max_minutes": None, "seed": seed},
+                "train": {
+                    "max_steps": cfg.rft_steps,
+                    "max_minutes": None,
+                    "seed": seed,
+                    **_train_threads(cfg),
+                },
                 "output": {"dir": str(run_dir)},
             },
         )
@@ -952,6 +968,60 @@ def commit() -> str:
     return sha + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+CARRIED = "Carried over from the earlier version of this page"
+
+
+def _earlier_page(path: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """The sections of an earlier results page that hold runs (by experiment) and its header
+    bullets (command, commit, machine, note), so a page rewritten from another output folder
+    keeps the tables it cannot regenerate."""
+    if not path.is_file():
+        return {}, []
+    sections: dict[str, list[str]] = {}
+    header: list[str] = []
+    current: list[str] | None = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = re.match(r"## .* \(`--only ([\w-]+)`\)$", line)
+        if m:
+            current = sections.setdefault(m.group(1), [])
+        elif current is not None:
+            current.append(line)
+        elif line.startswith("* "):
+            header.append(line)
+    ran = {
+        exp: body
+        for exp, body in sections.items()
+        if not any(line.startswith("Not run in this invocation") for line in body)
+    }
+    return ran, header
+
+
+def _has_results(p: Plan, exp: str) -> bool:
+    """Whether this output folder holds any run of the experiment's own (not the shared SFT
+    and constant-velocity evaluations)."""
+    own = build_plan(p.out, p.cfg, p.split, [exp]).experiments[exp]
+    return any(
+        p.run(n).with_suffix(".json").is_file() or (p.run(n) / "results.json").is_file()
+        for n in own
+        if n.startswith(("eval-", "compare-", "time-")) and n not in ("eval-sft", "eval-cv")
+    )
+
+
+def _carried(body: list[str], header: list[str]) -> list[str]:
+    while body and not body[-1].strip():
+        body = body[:-1]
+    if any(line.startswith(CARRIED) for line in body):
+        return [*body, ""]  # carried before: its provenance is already there
+    return [
+        f"{CARRIED}: these runs are not in this invocation's output folder. They were made with:",
+        "",
+        *[f"  {line}" for line in header if not line.startswith("* wall time")],
+        "",
+        *body,
+        "",
+    ]
+
+
 def write_results(
     p: Plan, path: Path, command: str, state: dict, wall: str, note: str | None = None
 ) -> Path:
@@ -974,16 +1044,23 @@ def write_results(
         f"{cfg.codebook_size}, SFT {cfg.sft_steps} steps x {cfg.sft_batch} samples, RFT "
         f"{cfg.rft_steps} steps x {cfg.rft_prompts} prompts x {cfg.rft_group} completions, "
         f"seeds {list(cfg.rft_seeds)}, evaluation "
-        f"{'all samples' if cfg.eval_limit is None else f'first {cfg.eval_limit} samples'}",
+        f"{'all samples' if cfg.eval_limit is None else f'first {cfg.eval_limit} samples'}, "
+        f"torch threads: training "
+        f"{'the recipes' if cfg.train_threads is None else cfg.train_threads}, evaluation "
+        f"{cfg.eval_threads}",
         "* recipes: configs/tiny-sft.yaml and configs/tiny-rft.yaml (step counts above, no time "
         "budget); greedy planning with `--action-choice expected` unless stated",
         f"* wall time of this invocation: {wall}",
         *([f"* note: {note}"] if note else []),
         "",
     ]
+    earlier, earlier_header = _earlier_page(path)
     for exp, (title, fn) in TABLES.items():
         lines += [f"## {title} (`--only {exp}`)", ""]
         names = [n for n in p.experiments.get(exp, [])]
+        if not names and exp in earlier and not _has_results(p, exp):
+            lines += _carried(earlier[exp], earlier_header)
+            continue
         if not names:
             lines += [
                 "Not run in this invocation (tables below come from earlier runs in the "
@@ -1054,12 +1131,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--dry-run", action="store_true", help="print the stages and expected time")
     ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of every training and evaluation stage (default: the recipes' 2 for "
+        "training, 2 for evaluation); 1 when other jobs share the cores, where 2 threads per "
+        "process fight over them (docs/training.md)",
+    )
+    ap.add_argument(
         "--note",
         help="a line for the results page: how the runs were made when not in one invocation "
         "(resumed, stages run by hand), or what the numbers mean against the targets",
     )
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be at least 1, got {args.threads}")
+        cfg = replace(cfg, train_threads=args.threads, eval_threads=args.threads)
     out = args.out or ROOT / "runs" / ("reproduce-quick" if args.quick else "reproduce")
     out = out.resolve()
     only = list(dict.fromkeys(args.only or EXPERIMENTS))

@@ -95,6 +95,40 @@ def test_messages_hold_three_cameras_as_data_urls_and_the_hint(tmp_path: Path) -
     assert sum(p["type"] == "image_url" for p in one[-1]["content"]) == 3
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_images_shrink_to_the_longer_side_and_keep_their_aspect(tmp_path: Path, fmt) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from autovla.annotate import vlm_prompt
+
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 255, (34, 60, 3), dtype=np.uint8))  # smooth
+    big = big.resize((1920, 1080), Image.BICUBIC)
+    path = tmp_path / f"cam.{fmt.lower()}"
+    big.save(path, format=fmt)
+
+    def decoded(url: str) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+    small = decoded(vlm_prompt.encode_image(path, 448))
+    assert small.format == "JPEG" and small.size == (448, 252)
+    # the content survives: the shrunk frame is close to a plain resize of the original
+    want = np.asarray(big.resize((448, 252), Image.BOX), dtype=float)
+    err = np.abs(np.asarray(small.convert("RGB"), dtype=float) - want).mean()
+    assert err < 8 < np.abs(want - want.mean()).mean()  # (about 4-5 grey levels of 50)
+    assert decoded(vlm_prompt.encode_image(path, 4000)).size == (1920, 1080)  # never enlarged
+    vlm_prompt.MAX_IMAGE_FILE_BYTES, old = 1000, vlm_prompt.MAX_IMAGE_FILE_BYTES
+    try:
+        with pytest.raises(ValueError, match=r"cam\.\w+: image file larger than"):
+            vlm_prompt.encode_image(path, 448)
+    finally:
+        vlm_prompt.MAX_IMAGE_FILE_BYTES = old
+
+
 def _dataset(tmp_path: Path, n: int = 8) -> Path:
     root = tmp_path / "ds"
     samples = [make_sample(i, root).model_copy(update={"complex": True}) for i in range(n)]

@@ -115,3 +115,53 @@ def test_quick_run_of_one_experiment_and_resume(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped") == len(names)
+
+
+def test_a_rewritten_page_keeps_the_tables_it_cannot_regenerate(tmp_path):
+    """Another output folder (a new machine, a fresh --out) must not turn an earlier page's
+    measured tables into "not run": they are carried with the command and commit they came
+    from, once, and only while this folder has no runs of that experiment."""
+    page = tmp_path / "results.md"
+    page.write_text(
+        "# Reproducing\n\n* command: `python benchmarks/reproduce.py --only rft`\n"
+        "* commit: abc1234\n* wall time of this invocation: 3 h\n\n"
+        "## RFT over SFT (`--only rft`)\n\n| model | PDMS |\n|---|---|\n| SFT | 75.4 |\n\n"
+        "## Action tokens vs text waypoints (`--only waypoints`)\n\n"
+        "Not run in this invocation (tables below come from earlier runs in the same output "
+        "folder, if any).\n\n| text waypoints | not run |\n"
+    )
+    plan = R.build_plan(tmp_path / "out", R.QUICK, "test", ["reasoning"])
+    for _ in range(2):  # a second rewrite carries the carried section as it is
+        R.write_results(plan, page, "python benchmarks/reproduce.py --only reasoning", {}, "1 s")
+        md = page.read_text()
+        rft = md[md.index("## RFT over SFT") : md.index("## Action tokens")]
+        assert "| SFT | 75.4 |" in rft and rft.count(R.CARRIED) == 1
+        assert "  * commit: abc1234" in rft and "wall time" not in rft
+        waypoints = md[md.index("## Action tokens") : md.index("## Reasoning")]
+        assert R.CARRIED not in waypoints and "| text waypoints | not run |" in waypoints
+        assert "* command: `python benchmarks/reproduce.py --only reasoning`" in md
+    assert not R._has_results(plan, "rft")
+    compare = plan.run("compare-rft").with_suffix(".json")
+    compare.parent.mkdir(parents=True)
+    compare.write_text("{}")
+    assert R._has_results(plan, "rft")  # this folder's own runs win over the carried table
+
+
+def test_threads_reach_every_training_config(tmp_path):
+    from dataclasses import replace
+
+    from autovla.config import load_config
+    from autovla.train.config import SFTConfig
+    from autovla.train.rft_config import RFTConfig
+
+    write_manifest(tmp_path / "data", [make_sample(i, split="train") for i in range(4)])
+    for threads, want_sft, want_rft in ((None, 2, 1), (1, 1, 1)):  # None: the recipes' own
+        cfg = replace(R.QUICK, train_threads=threads)
+        plan = R.build_plan(tmp_path, cfg, "test", ["rft"])
+        for name, cls, want in (("sft", SFTConfig, want_sft), ("rft-s0", RFTConfig, want_rft)):
+            plan.stages[name].prepare()
+            assert (
+                load_config(cls, tmp_path / "configs" / f"{name}.yaml").train.torch_threads == want
+            )
+    with pytest.raises(SystemExit):
+        R.main(["--threads", "0", "--dry-run", "--out", str(tmp_path / "x")])
