@@ -120,3 +120,32 @@ def test_a_demo_folder_of_other_settings_is_refused_before_anything_runs(tmp_pat
     (tmp_path / "stages.json").write_text(json.dumps({"_preset": "quick", "_config": other}))
     with pytest.raises(ValueError, match="--fresh"):
         run_demo(tmp_path, preset="quick", echo=lambda *_: None)
+
+
+def test_a_resumed_stage_counts_the_time_of_its_interrupted_invocations(tmp_path, monkeypatch):
+    import time
+
+    from autovla import demo
+
+    out = tmp_path / "done.txt"
+    calls = []
+
+    def fake_invoke(app, args):  # 0.2 s of work; the first call is interrupted (exit 143)
+        calls.append(args)
+        time.sleep(0.2)
+        if len(calls) == 1:
+            return 143
+        out.write_text("ok")
+        return 0
+
+    monkeypatch.setattr(demo, "_invoke", fake_invoke)
+    stage = demo.Stage("train", "a training", ["train", "sft"], [out])
+    state_file, state = tmp_path / "stages.json", {}
+    with pytest.raises(demo.DemoError, match="stage train failed \\(exit 143\\)"):
+        demo.run_stages([stage], state_file, state, echo=lambda *_: None)
+    saved = json.loads(state_file.read_text())
+    assert "train" not in saved and saved[demo.PARTIAL]["train"] >= 0.2
+    state = json.loads(state_file.read_text())  # a new invocation reads the file
+    demo.run_stages([stage], state_file, state, echo=lambda *_: None)
+    saved = json.loads(state_file.read_text())
+    assert saved["train"]["seconds"] >= 0.4 and demo.PARTIAL not in saved

@@ -23,6 +23,7 @@ from autovla.config import StrictModel, recipe_path
 from autovla.io import atomic_open, write_json
 
 STATE_FILE = "stages.json"
+PARTIAL = "_partial_seconds"  # stage -> seconds of invocations that did not finish
 
 
 class DemoError(RuntimeError):
@@ -306,12 +307,23 @@ def run_stages(stages: list[Stage], state_file: Path, state: dict, echo=print) -
         if st.prepare:
             st.prepare()
         t0 = time.perf_counter()
-        code = _invoke(app, st.args)
-        seconds = time.perf_counter() - t0
+        code = 1
+        try:
+            code = _invoke(app, st.args)
+        finally:
+            # Time spent in earlier, interrupted invocations counts too: a training stage
+            # resumed from its checkpoint reports its whole cost, not only its last part.
+            seconds = time.perf_counter() - t0 + state.get(PARTIAL, {}).get(st.name, 0.0)
+            if code != 0:
+                state.setdefault(PARTIAL, {})[st.name] = round(seconds, 1)
+                write_json(state_file, state)
         if code != 0:
             raise DemoError(f"stage {st.name} failed (exit {code}); rerun to resume")
         if st.finish:
             st.finish()
+        state.get(PARTIAL, {}).pop(st.name, None)
+        if PARTIAL in state and not state[PARTIAL]:
+            del state[PARTIAL]
         state[st.name] = {"seconds": round(seconds, 1), "command": ["autovla", *st.args]}
         write_json(state_file, state)
         elapsed = time.perf_counter() - t_start

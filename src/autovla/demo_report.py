@@ -224,7 +224,7 @@ def _stage_times(out: Path, stages) -> str:
             f"<tr><td>{html.escape(s.name)}</td><td>{'-' if secs is None else f'{secs:.0f}'}"
             f"</td><td><code>autovla {html.escape(' '.join(s.args))}</code></td></tr>"
         )
-    # the last invocation of each stage (a resumed training counts its last part only)
+    # every invocation of a stage counts (a resumed training: its interrupted parts too)
     rows.append(f"<tr><td><b>total</b></td><td><b>{total:.0f}</b></td><td></td></tr>")
     return (
         "<table><tr><th>stage</th><th>seconds</th><th>command</th></tr>"
