@@ -390,3 +390,23 @@ def test_docs_chat_example_runs():
         exec(code.replace("http://127.0.0.1:8000", server.url), scope)
     out = scope["out"]
     assert out.model == "tiny" and len(out.choices[0].model_extra["autovla"]["trajectory"]) == 10
+
+
+@pytest.mark.parametrize(
+    "path,root",
+    [
+        ("/v1/plan", ""),
+        ("/api/v1/plan", "/api"),
+        ("/api", "/api"),
+        ("/apiv1/plan", "/api"),
+        ("/v1/plan", "/api"),
+        ("/api/", "/api"),
+    ],
+)
+def test_the_fallback_route_rule_is_starlettes(path, root) -> None:
+    from starlette._utils import get_route_path
+
+    from autovla.serve.app import _strip_root_path
+
+    scope = {"path": path, "root_path": root}
+    assert _strip_root_path(scope) == get_route_path(scope)

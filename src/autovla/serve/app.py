@@ -35,7 +35,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autovla import __version__
@@ -74,10 +73,28 @@ BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS")
 DEADLINE_KEY = "autovla.deadline"  # scope key: time.monotonic() when the request times out
 
 
+try:  # private in Starlette: a release without it falls back to the same rule below
+    from starlette._utils import get_route_path as _starlette_route_path
+except ImportError:  # pragma: no cover - depends on the installed Starlette
+    _starlette_route_path = None
+
+
+def _strip_root_path(scope: dict) -> str:
+    """Starlette's rule for the routed path: `root_path` removed when the path starts with it
+    at a segment boundary."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
+
+
 def route_path(scope: dict) -> str:
-    """The path the router matches (Starlette's own function: without the `root_path` prefix
-    a server or proxy put in front), so the guard checks what will be served."""
-    return get_route_path(scope) or "/"
+    """The path the router matches (without the `root_path` prefix a server or proxy put in
+    front), so the guard checks what will be served. Starlette's own function where this
+    release has it (it is private), the same rule otherwise."""
+    return (_starlette_route_path or _strip_root_path)(scope) or "/"
 
 
 def check_api_key(api_key: str | None) -> None:
