@@ -148,9 +148,15 @@ class Guard:
 
         try:
             if path not in OPEN_PATHS and not self.authorized(scope.get("headers", [])):
-                await _reject(send_counted, 401, None, "missing or wrong bearer token",
-                              "unauthorized", {"www-authenticate": "Bearer"})  # fmt: skip
-                self.metrics.errors.labels(label, "unauthorized").inc()
+                await self._refuse(
+                    send_counted,
+                    label,
+                    401,
+                    None,
+                    "missing or wrong bearer token",
+                    "unauthorized",
+                    {"www-authenticate": "Bearer"},
+                )
                 return
             planning = path in PLAN_PATHS
             if not planning and scope.get("method", "GET") in BODYLESS_METHODS:
@@ -163,10 +169,15 @@ class Guard:
                 await self.app(scope, _replay(body, receive), send_counted)
                 return
             if self.admitted >= self.config.max_queue:
-                await _reject(send_counted, 429, None,
-                              f"the queue is full ({self.config.max_queue} requests); retry later",
-                              "queue_full", {"retry-after": "1"})  # fmt: skip
-                self.metrics.errors.labels(label, "queue_full").inc()
+                await self._refuse(
+                    send_counted,
+                    label,
+                    429,
+                    None,
+                    f"the queue is full ({self.config.max_queue} requests); retry later",
+                    "queue_full",
+                    {"retry-after": "1"},
+                )
                 return
             self.admitted += 1
             self.metrics.queue_depth.set(self.admitted)
@@ -199,21 +210,46 @@ class Guard:
         except asyncio.CancelledError:  # the server is going away: so does the request
             task.cancel()
             raise
-        self.metrics.errors.labels(label, "timeout").inc()
-        if not status_seen:
-            await _reject(send, 504, None,
-                          f"no answer within the request timeout ({timeout:.3g} s)",
-                          "timeout")  # fmt: skip
+        if status_seen:  # the answer had started: counted, nothing left to send
+            self.metrics.errors.labels(label, "timeout").inc()
+            return
+        await self._refuse(
+            send,
+            label,
+            504,
+            None,
+            f"no answer within the request timeout ({timeout:.3g} s)",
+            "timeout",
+        )
+
+    async def _refuse(
+        self,
+        send: Callable,
+        label: str,
+        status: int,
+        param: str | None,
+        message: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer a JSON error naming the field, and count it under its code."""
+        self.metrics.errors.labels(label, code).inc()
+        await _reject(send, status, param, message, code, headers)
 
     async def _receive(
         self, scope: dict, receive: Callable, send: Callable, label: str
     ) -> bytes | None:
         """The body, or None after answering why not (408, 413, 429) or a disconnect."""
         if self.receiving >= self.config.max_receiving:
-            await _reject(send, 429, None,
-                          f"{self.config.max_receiving} requests are sending their bodies; "
-                          "retry later", "too_many_receiving", {"retry-after": "1"})  # fmt: skip
-            self.metrics.errors.labels(label, "too_many_receiving").inc()
+            await self._refuse(
+                send,
+                label,
+                429,
+                None,
+                f"{self.config.max_receiving} requests are sending their bodies; retry later",
+                "too_many_receiving",
+                {"retry-after": "1"},
+            )
             return None
         self.receiving += 1
         try:
@@ -225,10 +261,14 @@ class Guard:
         lim = self.config.limits.max_json_items
         items = body.count(b",") + body.count(b":")  # bytes.count: C speed, no parsing
         if items > lim:
-            await _reject(send, 413, "body",
-                          f"request body has {items} JSON items (',' and ':'), at most {lim}",
-                          "too_many_items")  # fmt: skip
-            self.metrics.errors.labels(label, "too_many_items").inc()
+            await self._refuse(
+                send,
+                label,
+                413,
+                "body",
+                f"request body has {items} JSON items (',' and ':'), at most {lim}",
+                "too_many_items",
+            )
             return None
         return body
 
@@ -244,13 +284,19 @@ class Guard:
             except ValueError:
                 declared = -1
             if declared < 0:
-                await _reject(send, 400, "body", "bad Content-Length header", "bad_length")
+                await self._refuse(
+                    send, label, 400, "body", "bad Content-Length header", "bad_length"
+                )
                 return None
             if declared > limit:
-                await _reject(send, 413, "body",
-                              f"request body is {declared} bytes, at most {limit}",
-                              "body_too_large")  # fmt: skip
-                self.metrics.errors.labels(label, "body_too_large").inc()
+                await self._refuse(
+                    send,
+                    label,
+                    413,
+                    "body",
+                    f"request body is {declared} bytes, at most {limit}",
+                    "body_too_large",
+                )
                 return None
         chunks: list[bytes] = []
         size = 0
@@ -273,16 +319,22 @@ class Guard:
             connected = await asyncio.wait_for(read(), self.config.body_timeout_s)
         except TimeoutError:
             took = self.config.body_timeout_s
-            await _reject(send, 408, "body", f"the request body did not arrive within {took:g} s",
-                          "body_timeout", {"connection": "close"})  # fmt: skip
-            self.metrics.errors.labels(label, "body_timeout").inc()
+            await self._refuse(
+                send,
+                label,
+                408,
+                "body",
+                f"the request body did not arrive within {took:g} s",
+                "body_timeout",
+                {"connection": "close"},
+            )
             return None
         if not connected:
             return None
         if size > limit:
-            await _reject(send, 413, "body", f"request body is over {limit} bytes",
-                          "body_too_large")  # fmt: skip
-            self.metrics.errors.labels(label, "body_too_large").inc()
+            await self._refuse(
+                send, label, 413, "body", f"request body is over {limit} bytes", "body_too_large"
+            )
             return None
         return b"".join(chunks)
 
