@@ -969,57 +969,83 @@ def commit() -> str:
 
 
 CARRIED = "Carried over from the earlier version of this page"
+NO_RUNS = "No runs of this experiment in this output folder."
+LEGACY_NO_RUNS = "Not run in this invocation (tables below come from earlier runs"  # older pages
 
 
-def _earlier_page(path: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """The sections of an earlier results page that hold runs (by experiment) and its header
-    bullets (command, commit, machine, note), so a page rewritten from another output folder
-    keeps the tables it cannot regenerate."""
+@dataclass
+class EarlierPage:
+    """What a rewrite keeps of the results page it replaces: the sections that hold runs of
+    their experiment (by experiment) and the header bullets that say how they were made."""
+
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    header: list[str] = field(default_factory=list)
+
+
+def _earlier_page(path: Path) -> EarlierPage:
+    page = EarlierPage()
     if not path.is_file():
-        return {}, []
-    sections: dict[str, list[str]] = {}
-    header: list[str] = []
+        return page
+    bodies: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        m = re.match(r"## .* \(`--only ([\w-]+)`\)$", line)
-        if m:
-            current = sections.setdefault(m.group(1), [])
+        if line.startswith("## "):  # a heading of another kind ends the section before it
+            m = re.fullmatch(r"## .* \(`--only ([\w-]+)`\)", line)
+            current = bodies.setdefault(m.group(1), []) if m else None
         elif current is not None:
             current.append(line)
-        elif line.startswith("* "):
-            header.append(line)
-    ran = {
-        exp: body
-        for exp, body in sections.items()
-        if not any(line.startswith("Not run in this invocation") for line in body)
-    }
-    return ran, header
+        elif line.startswith("* ") and not bodies:
+            page.header.append(line)
+    for exp, body in bodies.items():
+        if not any(line.startswith((NO_RUNS, LEGACY_NO_RUNS)) for line in body):
+            page.sections[exp] = body
+    return page
+
+
+def _own_stages(p: Plan, exp: str) -> list[Stage]:
+    """The evaluations that belong to this experiment alone (not the SFT model's evaluation
+    that every experiment compares with, nor the RFT model best-of-n borrows)."""
+    full = build_plan(p.out, p.cfg, p.split, list(EXPERIMENTS))
+    owners = defaultdict(set)
+    for name_of_exp, names in full.experiments.items():
+        for n in names:
+            owners[n].add(name_of_exp)
+    return [
+        full.stages[n]
+        for n in full.experiments[exp]
+        if owners[n] == {exp} and full.stages[n].args[:1] == ["eval"]
+    ]
 
 
 def _has_results(p: Plan, exp: str) -> bool:
-    """Whether this output folder holds any run of the experiment's own (not the shared SFT
-    and constant-velocity evaluations)."""
-    own = build_plan(p.out, p.cfg, p.split, [exp]).experiments[exp]
-    return any(
-        p.run(n).with_suffix(".json").is_file() or (p.run(n) / "results.json").is_file()
-        for n in own
-        if n.startswith(("eval-", "compare-", "time-")) and n not in ("eval-sft", "eval-cv")
-    )
+    """Whether this output folder holds a finished evaluation of the experiment's own."""
+    return any(st.outputs and all(o.exists() for o in st.outputs) for st in _own_stages(p, exp))
 
 
 def _carried(body: list[str], header: list[str]) -> list[str]:
+    """A section of the earlier page, under the header lines of the invocation that made it
+    (a section carried before already has them)."""
     while body and not body[-1].strip():
         body = body[:-1]
     if any(line.startswith(CARRIED) for line in body):
-        return [*body, ""]  # carried before: its provenance is already there
+        return [*body, ""]
+    made_with = [f"  {line}" for line in header if not line.startswith("* wall time")]
     return [
         f"{CARRIED}: these runs are not in this invocation's output folder. They were made with:",
         "",
-        *[f"  {line}" for line in header if not line.startswith("* wall time")],
+        *made_with,
         "",
         *body,
         "",
     ]
+
+
+def _stage_time(name: str, entry: dict) -> str:
+    """The finishing invocation's seconds, and all of them when interrupted ones came first."""
+    text = f"{name} {entry['seconds']:.0f}"
+    if entry.get("seconds_all", 0) > entry["seconds"]:
+        text += f" ({entry['seconds_all']:.0f} with interrupted runs)"
+    return text
 
 
 def write_results(
@@ -1040,10 +1066,10 @@ def write_results(
         f"* command: `{command}`",
         f"* commit: {commit()}",
         f"* machine: {machine()}",
-        f"* settings: {cfg.label}: {cfg.scenes} scenes (seed {cfg.seed}), codebook K <= "
-        f"{cfg.codebook_size}, SFT {cfg.sft_steps} steps x {cfg.sft_batch} samples, RFT "
-        f"{cfg.rft_steps} steps x {cfg.rft_prompts} prompts x {cfg.rft_group} completions, "
-        f"seeds {list(cfg.rft_seeds)}, evaluation "
+        f"* settings: {cfg.label}, {p.split} split: {cfg.scenes} scenes (seed {cfg.seed}), "
+        f"codebook K <= {cfg.codebook_size}, SFT {cfg.sft_steps} steps x {cfg.sft_batch} "
+        f"samples, RFT {cfg.rft_steps} steps x {cfg.rft_prompts} prompts x {cfg.rft_group} "
+        f"completions, seeds {list(cfg.rft_seeds)}, evaluation "
         f"{'all samples' if cfg.eval_limit is None else f'first {cfg.eval_limit} samples'}, "
         f"torch threads: training "
         f"{'the recipes' if cfg.train_threads is None else cfg.train_threads}, evaluation "
@@ -1054,23 +1080,26 @@ def write_results(
         *([f"* note: {note}"] if note else []),
         "",
     ]
-    earlier, earlier_header = _earlier_page(path)
+    earlier = _earlier_page(path)
     for exp, (title, fn) in TABLES.items():
         lines += [f"## {title} (`--only {exp}`)", ""]
         names = [n for n in p.experiments.get(exp, [])]
-        if not names and exp in earlier and not _has_results(p, exp):
-            lines += _carried(earlier[exp], earlier_header)
+        own = bool(names) or _has_results(p, exp)
+        if not own and exp in earlier.sections:
+            lines += _carried(earlier.sections[exp], earlier.header)
             continue
         if not names:
             lines += [
-                "Not run in this invocation (tables below come from earlier runs in the "
-                "same output folder, if any).",
+                "Not run in this invocation: the table comes from earlier runs in the same "
+                "output folder."
+                if own
+                else NO_RUNS,
                 "",
             ]
         lines += fn(p)
-        done = [(n, state[n]["seconds"]) for n in names if n in state]
+        done = [n for n in names if n in state]
         if done:
-            lines += ["", "Stage times (s): " + ", ".join(f"{n} {s:.0f}" for n, s in done)]
+            lines += ["", "Stage times (s): " + ", ".join(_stage_time(n, state[n]) for n in done)]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
@@ -1133,9 +1162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--threads",
         type=int,
-        help="torch threads of every training and evaluation stage (default: the recipes' 2 for "
-        "training, 2 for evaluation); 1 when other jobs share the cores, where 2 threads per "
-        "process fight over them (docs/training.md)",
+        help="torch threads of every training and evaluation stage (default: each recipe's own, "
+        "tiny-sft 2 and tiny-rft 1, and 2 for evaluation); 1 when other jobs share the cores, "
+        "where 2 threads per process fight over them (docs/training.md)",
     )
     ap.add_argument(
         "--note",
@@ -1159,6 +1188,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{out} holds a '{state['_settings']}' reproduction; use another --out", file=sys.stderr
         )
         return 1
+    ran_with = state.get("_threads", args.threads)
+    if ran_with != args.threads and any(not k.startswith("_") for k in state):
+        # the page states one thread count, and planning times depend on it
+        said = "without --threads" if ran_with is None else f"with --threads {ran_with}"
+        print(f"{out} ran {said}; rerun the same way, or use another --out", file=sys.stderr)
+        return 1
     lines, total = expected(p, state)
     print(
         f"reproduce ({cfg.label}) in {out}; expected wall time on the 2-core machine "
@@ -1174,6 +1209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     state["_settings"] = cfg.label
+    state["_threads"] = args.threads
     t0 = dt.datetime.now()
     try:
         run_stages(list(p.stages.values()), state_file, state)

@@ -96,7 +96,9 @@ def test_messages_hold_three_cameras_as_data_urls_and_the_hint(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_images_shrink_to_the_longer_side_and_keep_their_aspect(tmp_path: Path, fmt) -> None:
+def test_images_shrink_to_the_longer_side_and_keep_their_aspect(
+    tmp_path: Path, fmt, monkeypatch
+) -> None:
     import base64
     import io
 
@@ -121,12 +123,15 @@ def test_images_shrink_to_the_longer_side_and_keep_their_aspect(tmp_path: Path, 
     err = np.abs(np.asarray(small.convert("RGB"), dtype=float) - want).mean()
     assert err < 8 < np.abs(want - want.mean()).mean()  # (about 4-5 grey levels of 50)
     assert decoded(vlm_prompt.encode_image(path, 4000)).size == (1920, 1080)  # never enlarged
-    vlm_prompt.MAX_IMAGE_FILE_BYTES, old = 1000, vlm_prompt.MAX_IMAGE_FILE_BYTES
-    try:
-        with pytest.raises(ValueError, match=r"cam\.\w+: image file larger than"):
-            vlm_prompt.encode_image(path, 448)
-    finally:
-        vlm_prompt.MAX_IMAGE_FILE_BYTES = old
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut\.jpg: cannot read the image"):
+        vlm_prompt.encode_image(bad, 448)
+    with pytest.raises(ValueError, match="not a regular file"):
+        vlm_prompt.encode_image(tmp_path, 448)
+    monkeypatch.setattr(vlm_prompt, "MAX_IMAGE_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"cam\.\w+: image file larger than"):
+        vlm_prompt.encode_image(path, 448)
 
 
 def _dataset(tmp_path: Path, n: int = 8) -> Path:

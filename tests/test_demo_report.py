@@ -148,4 +148,16 @@ def test_a_resumed_stage_counts_the_time_of_its_interrupted_invocations(tmp_path
     state = json.loads(state_file.read_text())  # a new invocation reads the file
     demo.run_stages([stage], state_file, state, echo=lambda *_: None)
     saved = json.loads(state_file.read_text())
-    assert saved["train"]["seconds"] >= 0.4 and demo.PARTIAL not in saved
+    assert demo.PARTIAL not in saved
+    assert 0.2 <= saved["train"]["seconds"] < 0.4 <= saved["train"]["seconds_all"]
+    # a stage whose finishing step raises keeps its time for the next invocation
+    out.unlink()
+    del state["train"]
+
+    def broken() -> None:
+        raise RuntimeError("finish failed")
+
+    stage.finish = broken
+    with pytest.raises(RuntimeError, match="finish failed"):
+        demo.run_stages([stage], state_file, state, echo=lambda *_: None)
+    assert json.loads(state_file.read_text())[demo.PARTIAL]["train"] >= 0.2

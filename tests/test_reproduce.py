@@ -111,7 +111,7 @@ def test_quick_run_of_one_experiment_and_resume(tmp_path):
     for label in ("constant velocity", "SFT", "RFT seed 0", "RFT seed 1", "RFT seed 2"):
         assert f"| {label} | " in table
     assert table.count(" .. ") == 3  # a paired interval per seed
-    assert "Not run in this invocation" in md  # the other experiments
+    assert R.NO_RUNS in md  # the other experiments
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped") == len(names)
@@ -120,12 +120,13 @@ def test_quick_run_of_one_experiment_and_resume(tmp_path):
 def test_a_rewritten_page_keeps_the_tables_it_cannot_regenerate(tmp_path):
     """Another output folder (a new machine, a fresh --out) must not turn an earlier page's
     measured tables into "not run": they are carried with the command and commit they came
-    from, once, and only while this folder has no runs of that experiment."""
+    from, once, and only while this folder has no runs of that experiment's own."""
     page = tmp_path / "results.md"
     page.write_text(
         "# Reproducing\n\n* command: `python benchmarks/reproduce.py --only rft`\n"
         "* commit: abc1234\n* wall time of this invocation: 3 h\n\n"
         "## RFT over SFT (`--only rft`)\n\n| model | PDMS |\n|---|---|\n| SFT | 75.4 |\n\n"
+        "## Notes added by hand\n\n* not a table\n\n"
         "## Action tokens vs text waypoints (`--only waypoints`)\n\n"
         "Not run in this invocation (tables below come from earlier runs in the same output "
         "folder, if any).\n\n| text waypoints | not run |\n"
@@ -137,14 +138,25 @@ def test_a_rewritten_page_keeps_the_tables_it_cannot_regenerate(tmp_path):
         rft = md[md.index("## RFT over SFT") : md.index("## Action tokens")]
         assert "| SFT | 75.4 |" in rft and rft.count(R.CARRIED) == 1
         assert "  * commit: abc1234" in rft and "wall time" not in rft
+        assert "Notes added by hand" not in md and "not a table" not in md
         waypoints = md[md.index("## Action tokens") : md.index("## Reasoning")]
-        assert R.CARRIED not in waypoints and "| text waypoints | not run |" in waypoints
+        assert R.CARRIED not in waypoints and R.NO_RUNS in waypoints
         assert "* command: `python benchmarks/reproduce.py --only reasoning`" in md
-    assert not R._has_results(plan, "rft")
-    compare = plan.run("compare-rft").with_suffix(".json")
-    compare.parent.mkdir(parents=True)
-    compare.write_text("{}")
+
+    def finish(name: str) -> None:  # an evaluation of this folder, as its stage leaves it
+        run = plan.run(name) / "results.json"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        run.write_text("{}")
+
+    # evaluations other experiments share are not this experiment's runs
+    finish("eval-sft")
+    finish("time-sft")  # waypoints and best-of-n both time the SFT model
+    finish("eval-rft-s0")  # rft's seed 0, which best-of-n borrows
+    assert not any(R._has_results(plan, e) for e in ("rft", "waypoints", "best-of-n"))
+    finish("eval-rft-s1")
     assert R._has_results(plan, "rft")  # this folder's own runs win over the carried table
+    finish("eval-sft-n6")
+    assert R._has_results(plan, "best-of-n") and not R._has_results(plan, "waypoints")
 
 
 def test_threads_reach_every_training_config(tmp_path):
@@ -165,3 +177,12 @@ def test_threads_reach_every_training_config(tmp_path):
             )
     with pytest.raises(SystemExit):
         R.main(["--threads", "0", "--dry-run", "--out", str(tmp_path / "x")])
+
+
+def test_a_folder_keeps_its_thread_count(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "stages.json").write_text(json.dumps({"_settings": "full", "_threads": 1, "data": {}}))
+    assert R.main(["--out", str(out), "--dry-run"]) == 1
+    assert "ran with --threads 1; rerun the same way" in capsys.readouterr().err
+    assert R.main(["--out", str(out), "--dry-run", "--threads", "1"]) == 0

@@ -23,7 +23,7 @@ from autovla.config import StrictModel, recipe_path
 from autovla.io import atomic_open, write_json
 
 STATE_FILE = "stages.json"
-PARTIAL = "_partial_seconds"  # stage -> seconds of invocations that did not finish
+PARTIAL = "_unfinished_seconds"  # stage -> seconds of its invocations that did not finish
 
 
 class DemoError(RuntimeError):
@@ -307,24 +307,28 @@ def run_stages(stages: list[Stage], state_file: Path, state: dict, echo=print) -
         if st.prepare:
             st.prepare()
         t0 = time.perf_counter()
-        code = 1
+        finished = False
         try:
             code = _invoke(app, st.args)
-        finally:
-            # Time spent in earlier, interrupted invocations counts too: a training stage
-            # resumed from its checkpoint reports its whole cost, not only its last part.
-            seconds = time.perf_counter() - t0 + state.get(PARTIAL, {}).get(st.name, 0.0)
             if code != 0:
-                state.setdefault(PARTIAL, {})[st.name] = round(seconds, 1)
+                raise DemoError(f"stage {st.name} failed (exit {code}); rerun to resume")
+            if st.finish:
+                st.finish()
+            finished = True
+        finally:
+            seconds = time.perf_counter() - t0
+            earlier = state.get(PARTIAL, {}).pop(st.name, 0.0)
+            if not finished:  # failed, interrupted or raised: kept for the run that finishes
+                state.setdefault(PARTIAL, {})[st.name] = round(earlier + seconds, 1)
                 write_json(state_file, state)
-        if code != 0:
-            raise DemoError(f"stage {st.name} failed (exit {code}); rerun to resume")
-        if st.finish:
-            st.finish()
-        state.get(PARTIAL, {}).pop(st.name, None)
         if PARTIAL in state and not state[PARTIAL]:
             del state[PARTIAL]
+        # `seconds` is the invocation that finished; a training stage resumed from its
+        # checkpoint also cost the interrupted ones (`seconds_all`), an evaluation that started
+        # over did not need them
         state[st.name] = {"seconds": round(seconds, 1), "command": ["autovla", *st.args]}
+        if earlier:
+            state[st.name]["seconds_all"] = round(earlier + seconds, 1)
         write_json(state_file, state)
         elapsed = time.perf_counter() - t_start
         echo(f"  finished in {seconds:.0f} s (so far {elapsed / 60:.1f} min)")

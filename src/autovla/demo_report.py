@@ -219,12 +219,16 @@ def _stage_times(out: Path, stages) -> str:
     for s in stages:
         secs = _get(state, s.name, "seconds")
         secs = secs if isinstance(secs, (int, float)) else None
+        every = _get(state, s.name, "seconds_all")  # with the interrupted invocations
         total += secs or 0.0
+        shown = "-" if secs is None else f"{secs:.0f}"
+        if secs is not None and isinstance(every, (int, float)) and every > secs:
+            shown += f" ({every:.0f} with interrupted runs)"
         rows.append(
-            f"<tr><td>{html.escape(s.name)}</td><td>{'-' if secs is None else f'{secs:.0f}'}"
+            f"<tr><td>{html.escape(s.name)}</td><td>{shown}"
             f"</td><td><code>autovla {html.escape(' '.join(s.args))}</code></td></tr>"
         )
-    # every invocation of a stage counts (a resumed training: its interrupted parts too)
+    # the invocations that finished (a resumed training shows its interrupted parts beside)
     rows.append(f"<tr><td><b>total</b></td><td><b>{total:.0f}</b></td><td></td></tr>")
     return (
         "<table><tr><th>stage</th><th>seconds</th><th>command</th></tr>"

@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import re
+import stat
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -129,28 +130,41 @@ def future_summary(sample: DrivingSample) -> str:
     )
 
 
-MAX_IMAGE_FILE_BYTES = 64 << 20
+MAX_IMAGE_FILE_BYTES = 64 * 2**20  # a 1920 x 1080 camera JPEG is well under 1 MiB
+
+
+def _read_image_file(path: Path) -> bytes:
+    """The file's bytes, at most MAX_IMAGE_FILE_BYTES, from a regular file only (a device or
+    a pipe would be read forever)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_IMAGE_FILE_BYTES + 1)
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ValueError(f"{path}: image file larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB")
+    return data
 
 
 def encode_image(path: Path, max_side: int, quality: int = 85) -> str:
     """A JPEG data URL of the image, shrunk so its longer side is at most `max_side`.
 
-    JPEG sources are decoded at a reduced scale straight away (`draft`: a full-size camera
-    frame decodes at 1/4 of its side), the file is read in one call rather than in the
-    decoder's 64 KB blocks, and the last small step down uses area averaging (`BOX`), which
-    is what a downscale wants and costs two thirds of a bilinear filter's time.
+    A JPEG is decoded at a reduced scale straight away (`draft`), which is what keeps
+    full-size camera frames cheap; the file is read in one call; the last step down is area
+    averaging (`BOX`), the filter a downscale wants (measured in benchmarks/README.md).
     """
     from PIL import Image
 
-    if path.stat().st_size > MAX_IMAGE_FILE_BYTES:  # read whole below: bound it first
-        raise ValueError(f"{path}: image file larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB")
-    with Image.open(io.BytesIO(path.read_bytes())) as im:
-        w, h = im.size
-        scale = min(1.0, max_side / max(w, h))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if scale < 1.0:
-            im.draft("RGB", size)
-        rgb = im.convert("RGB")
+    data = _read_image_file(path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            scale = min(1.0, max_side / max(w, h))
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if scale < 1.0:
+                im.draft("RGB", size)
+            rgb = im.convert("RGB")
+    except (OSError, ValueError) as e:  # the decoder names a buffer: say which file
+        raise ValueError(f"{path}: cannot read the image: {e}") from e
     if rgb.size != size:
         rgb = rgb.resize(size, Image.BOX)
     buf = io.BytesIO()
