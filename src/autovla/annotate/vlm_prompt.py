@@ -149,8 +149,8 @@ def encode_image(path: Path, max_side: int, quality: int = 85) -> str:
     """A JPEG data URL of the image, shrunk so its longer side is at most `max_side`.
 
     A JPEG is decoded at a reduced scale straight away (`draft`), which is what keeps
-    full-size camera frames cheap; the file is read in one call; the last step down is area
-    averaging (`BOX`), the filter a downscale wants (measured in benchmarks/README.md).
+    full-size camera frames cheap; the last step down is area averaging (`BOX`), the filter a
+    downscale wants.
     """
     from PIL import Image
 
