@@ -46,7 +46,7 @@ from pathlib import Path
 import yaml
 
 from autovla.config import recipe_path
-from autovla.demo import DemoError, Stage, run_stages
+from autovla.demo import DemoError, Stage, run_stages, stage_seconds
 from autovla.io import atomic_open
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1040,14 +1040,6 @@ def _carried(body: list[str], header: list[str]) -> list[str]:
     ]
 
 
-def _stage_time(name: str, entry: dict) -> str:
-    """The finishing invocation's seconds, and all of them when interrupted ones came first."""
-    text = f"{name} {entry['seconds']:.0f}"
-    if entry.get("seconds_all", 0) > entry["seconds"]:
-        text += f" ({entry['seconds_all']:.0f} with interrupted runs)"
-    return text
-
-
 def write_results(
     p: Plan, path: Path, command: str, state: dict, wall: str, note: str | None = None
 ) -> Path:
@@ -1099,7 +1091,8 @@ def write_results(
         lines += fn(p)
         done = [n for n in names if n in state]
         if done:
-            lines += ["", "Stage times (s): " + ", ".join(_stage_time(n, state[n]) for n in done)]
+            times = ", ".join(f"{n} {stage_seconds(state[n])}" for n in done)
+            lines += ["", f"Stage times (s): {times}"]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:

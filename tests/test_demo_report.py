@@ -150,6 +150,9 @@ def test_a_resumed_stage_counts_the_time_of_its_interrupted_invocations(tmp_path
     saved = json.loads(state_file.read_text())
     assert demo.PARTIAL not in saved
     assert 0.2 <= saved["train"]["seconds"] < 0.4 <= saved["train"]["seconds_all"]
+    entry = {"seconds": 600.2, "seconds_all": 900.4}
+    assert demo.stage_seconds(entry) == "600 (900 with interrupted runs)"
+    assert demo.stage_seconds({"seconds": 12.4}) == "12" and demo.stage_seconds(None) == "-"
     # a stage whose finishing step raises keeps its time for the next invocation
     out.unlink()
     del state["train"]

@@ -334,6 +334,19 @@ def run_stages(stages: list[Stage], state_file: Path, state: dict, echo=print) -
         echo(f"  finished in {seconds:.0f} s (so far {elapsed / 60:.1f} min)")
 
 
+def stage_seconds(entry: object) -> str:
+    """A recorded stage's time as `run_stages` wrote it: the invocation that finished, and the
+    total beside it when interrupted invocations came first ("-" when there is none)."""
+    secs = entry.get("seconds") if isinstance(entry, dict) else None
+    if not isinstance(secs, (int, float)):
+        return "-"
+    every = entry.get("seconds_all")
+    text = f"{secs:.0f}"
+    if isinstance(every, (int, float)) and every > secs:
+        text += f" ({every:.0f} with interrupted runs)"
+    return text
+
+
 def _invoke(app, args: list[str]) -> int:
     """Run one CLI command in-process; its exit code."""
     try:

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from autovla.demo import stage_seconds
 from autovla.eval.report import CSS, fig_png, img_tag, pyplot
 
 PLANNERS = ("constant-velocity", "sft", "rft", "expert")
@@ -219,13 +220,9 @@ def _stage_times(out: Path, stages) -> str:
     for s in stages:
         secs = _get(state, s.name, "seconds")
         secs = secs if isinstance(secs, (int, float)) else None
-        every = _get(state, s.name, "seconds_all")  # with the interrupted invocations
         total += secs or 0.0
-        shown = "-" if secs is None else f"{secs:.0f}"
-        if secs is not None and isinstance(every, (int, float)) and every > secs:
-            shown += f" ({every:.0f} with interrupted runs)"
         rows.append(
-            f"<tr><td>{html.escape(s.name)}</td><td>{shown}"
+            f"<tr><td>{html.escape(s.name)}</td><td>{stage_seconds(_get(state, s.name))}"
             f"</td><td><code>autovla {html.escape(' '.join(s.args))}</code></td></tr>"
         )
     # the invocations that finished (a resumed training shows its interrupted parts beside)
