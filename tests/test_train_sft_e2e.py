@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -121,6 +122,47 @@ def test_dual_and_action_only_answers():
         assert batch["action_mask"].sum(1).tolist() == [10, 10]
         # Only the answer is supervised: the prompt tokens are masked.
         assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum() / 3
+
+
+def test_fast_share_trains_a_fixed_subset_of_reasoning_samples_fast():
+    from types import SimpleNamespace
+
+    from autovla.model.checkpoint import AutoVLA
+    from autovla.train.collate import SFTCollator, trained_fast
+    from autovla.train.data import Item
+
+    # the subset: about the share, fixed per (seed, id), another seed picks another subset
+    ids = [f"scene{i:04d}-t{i % 8:02d}" for i in range(4000)]
+    picked = [trained_fast(i, 0.3, seed=0) for i in ids]
+    assert 0.27 < sum(picked) / len(ids) < 0.33
+    assert picked == [trained_fast(i, 0.3, seed=0) for i in ids]
+    assert picked != [trained_fast(i, 0.3, seed=1) for i in ids]
+    assert not any(trained_fast(i, 0.0, seed=0) for i in ids)
+
+    ws = workspace()
+    vla = AutoVLA.from_pretrained(ws / "model")
+    from autovla.data.manifest import load_samples
+
+    sample = load_samples(ws / "ds", "train")[0]  # has reasoning
+    fast_seed = next(s for s in range(100) if trained_fast(sample.id, 0.5, s))
+    slow_seed = next(s for s in range(100) if not trained_fast(sample.id, 0.5, s))
+    tok = vla.tokenizer
+    for seed, slow in ((fast_seed, False), (slow_seed, True)):
+        col = SFTCollator(vla.processor, vla.fmt, vla.codebook, "dual", 40.0, 0.5, seed)
+        batch = col([Item(sample, str(ws / "ds"), 0)])
+        answer = tok.decode(batch["labels"][0][batch["labels"][0] != -100].tolist())
+        assert batch["is_slow"].tolist() == [slow]
+        assert batch["sample_weight"].tolist() == [40.0 if slow else 1.0]
+        assert (REASONING[:20] in answer) is slow
+        assert (vla.fmt.fast_line.strip() in answer) is not slow
+    # action-only ignores the share; a share of 1 would leave no slow answer at all
+    col = SFTCollator(vla.processor, vla.fmt, vla.codebook, "action_only", 1.0, 0.5, slow_seed)
+    assert not col.is_slow(sample)
+    with pytest.raises(ValueError, match="fast_share"):
+        SFTCollator(vla.processor, vla.fmt, vla.codebook, "dual", 1.0, 1.0)
+    assert not SFTCollator(None, None, None, "dual", 1.0).is_slow(
+        SimpleNamespace(id="x", reasoning="  ")
+    )
 
 
 def test_validation_reports_l2_and_slow_share(tmp_path):

@@ -2,13 +2,15 @@
 
 Runs inside DataLoader workers, so images are decoded and tokenized off the training thread.
 Dual thinking: a sample with reasoning gets the slow answer (mode line + chain of thought),
-the rest the fast answer. Action-only: the action-only system prompt and no reasoning at all.
+the rest the fast answer (`fast_share` moves a fixed share of the samples with reasoning to the
+fast answer, so the fast mode also learns the complex scenes). Action-only: the action-only system prompt and no reasoning at all.
 A waypoint prompt format (`answer_kind: waypoints`) answers with the future's positions as
 text instead of action tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,16 +27,45 @@ def has_reasoning(sample: Any) -> bool:
     return bool(sample.reasoning and sample.reasoning.strip())
 
 
+def trained_fast(sample_id: str, share: float, seed: int) -> bool:
+    """Whether a sample with reasoning belongs to the `share` trained with the fast answer.
+
+    A hash of the id, not a random draw per batch: the same samples every epoch, in every
+    DataLoader worker and after a resume."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
 class SFTCollator:
     """Callable turning a list of `Item`s into model inputs plus `sample_weight` and `is_slow`."""
 
     def __init__(
-        self, processor: Any, fmt: Any, codebook: Any, variant: Variant, lambda_cot: float
+        self,
+        processor: Any,
+        fmt: Any,
+        codebook: Any,
+        variant: Variant,
+        lambda_cot: float,
+        fast_share: float = 0.0,
+        seed: int = 0,
     ):
         if variant not in ("dual", "action_only"):
             raise ValueError(f"variant must be 'dual' or 'action_only', got {variant!r}")
+        if not 0.0 <= fast_share < 1.0:
+            raise ValueError(f"fast_share must be in [0, 1), got {fast_share}")
         self.processor, self.fmt, self.codebook = processor, fmt, codebook
         self.variant, self.lambda_cot = variant, lambda_cot
+        self.fast_share, self.seed = fast_share, seed
+
+    def is_slow(self, sample: Any) -> bool:
+        """Dual thinking trains a sample with reasoning slow, unless it is in the fast share."""
+        return (
+            self.variant == "dual"
+            and has_reasoning(sample)
+            and not trained_fast(sample.id, self.fast_share, self.seed)
+        )
 
     def answers(self, items: Sequence[Item]) -> tuple[list[str], list[bool]]:
         """The answer texts and which are slow. Action-token formats encode the future with
@@ -50,7 +81,7 @@ class SFTCollator:
                     "training needs the ground-truth future"
                 )
             futures.append(it.sample.future_array())
-        slow = [self.variant == "dual" and has_reasoning(it.sample) for it in items]
+        slow = [self.is_slow(it.sample) for it in items]
         reasoning = [it.sample.reasoning if s else None for it, s in zip(items, slow, strict=True)]
         if self.fmt.answer_kind == "waypoints":
             texts = [

@@ -224,6 +224,14 @@ class SFTSection(StrictModel):
         description="weight of the first action token (the one that reads the current speed) "
         "within the action term; 1 = the paper",
     )
+    fast_share: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="dual only: this share of the samples with reasoning is trained with the "
+        "fast answer instead (a fixed subset, chosen by a hash of the sample id and "
+        "train.seed); 0 = the paper",
+    )
 
 
 class ValConfig(StrictModel):

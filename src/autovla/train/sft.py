@@ -119,7 +119,7 @@ class SFT(Stage):
             skip=skip,
         )
         collate = SFTCollator(self.vla.processor, self.vla.fmt, self.vla.codebook, s.variant,
-                              s.lambda_cot)  # fmt: skip
+                              s.lambda_cot, s.fast_share, cfg.train.seed)  # fmt: skip
         nw = cfg.data.num_workers
         # The fast tokenizer's own threads do not survive the fork into workers.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
