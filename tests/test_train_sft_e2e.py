@@ -138,6 +138,9 @@ def test_fast_share_trains_a_fixed_subset_of_reasoning_samples_fast():
     assert picked == [trained_fast(i, 0.3, seed=0) for i in ids]
     assert picked != [trained_fast(i, 0.3, seed=1) for i in ids]
     assert not any(trained_fast(i, 0.0, seed=0) for i in ids)
+    # the same subset in every process (a per-process hash such as hash() would move it)
+    fixed = [f"000{i}-cut_in-t0{i}" for i in range(3, 9)]
+    assert [trained_fast(i, 0.5, seed=0) for i in fixed] == [True, True, False, True, False, True]
 
     ws = workspace()
     vla = AutoVLA.from_pretrained(ws / "model")
@@ -163,6 +166,27 @@ def test_fast_share_trains_a_fixed_subset_of_reasoning_samples_fast():
     assert not SFTCollator(None, None, None, "dual", 1.0).is_slow(
         SimpleNamespace(id="x", reasoning="  ")
     )
+
+
+def test_fast_share_config_is_checked_and_reaches_the_collator(tmp_path, monkeypatch):
+    from autovla.config import ConfigError
+    from autovla.train import sft
+
+    for bad in ("-0.1", "1.0", "nan"):
+        with pytest.raises(ConfigError, match="fast_share"):
+            _cfg(tmp_path, overrides=[f"sft.fast_share={bad}"])
+    with pytest.raises(ConfigError, match="fast_share"):
+        _cfg(tmp_path, sft={"variant": "action_only", "fast_share": 0.3})
+    seen = []
+
+    class Recording(sft.SFTCollator):
+        def __init__(self, *args):
+            super().__init__(*args)
+            seen.append((self.fast_share, self.seed))
+
+    monkeypatch.setattr(sft, "SFTCollator", Recording)
+    sft.train_sft(_cfg(tmp_path, sft={"fast_share": 0.3}, train={"max_steps": 1, "seed": 7}))
+    assert seen == [(0.3, 7)]
 
 
 def test_validation_reports_l2_and_slow_share(tmp_path):

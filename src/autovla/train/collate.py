@@ -2,8 +2,9 @@
 
 Runs inside DataLoader workers, so images are decoded and tokenized off the training thread.
 Dual thinking: a sample with reasoning gets the slow answer (mode line + chain of thought),
-the rest the fast answer (`fast_share` moves a fixed share of the samples with reasoning to the
-fast answer, so the fast mode also learns the complex scenes). Action-only: the action-only system prompt and no reasoning at all.
+the rest the fast answer (`fast_share` moves a fixed share of the samples with reasoning to
+the fast answer, so the fast mode also learns the complex scenes). Action-only: the
+action-only system prompt and no reasoning at all.
 A waypoint prompt format (`answer_kind: waypoints`) answers with the future's positions as
 text instead of action tokens.
 """

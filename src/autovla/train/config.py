@@ -210,7 +210,9 @@ class SFTSection(StrictModel):
     epochs: float | None = Field(default=None, gt=0, description="if set, sets train.max_steps")
     batch_size: int = Field(default=1, ge=1, description="per process, per micro-batch")
     grad_accum: int = Field(default=4, ge=1, description="micro-batches per optimiser step")
-    lambda_cot: float = Field(default=40.0, gt=0, description="weight of samples with reasoning")
+    lambda_cot: float = Field(
+        default=40.0, gt=0, description="weight of the samples trained with their reasoning"
+    )
     lambda_a: float = Field(default=1.0, ge=0, description="weight of the action-token term")
     action_sigma: float = Field(
         default=0.0,
@@ -229,9 +231,18 @@ class SFTSection(StrictModel):
         ge=0,
         lt=1,
         description="dual only: this share of the samples with reasoning is trained with the "
-        "fast answer instead (a fixed subset, chosen by a hash of the sample id and "
-        "train.seed); 0 = the paper",
+        "fast answer instead, at weight 1 (a fixed subset, chosen by a hash of the sample id "
+        "and train.seed); 0 = the paper",
     )
+
+    @model_validator(mode="after")
+    def _fast_share_needs_dual(self) -> SFTSection:
+        if self.fast_share > 0 and self.variant != "dual":
+            raise ValueError(
+                f"sft.fast_share={self.fast_share} needs sft.variant: dual "
+                f"(got {self.variant!r}, which trains no reasoning)"
+            )
+        return self
 
 
 class ValConfig(StrictModel):

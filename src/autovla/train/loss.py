@@ -1,7 +1,7 @@
 """The SFT loss of docs/method.md section 4, as a pure function over logits and labels.
 
-    L = 1/N sum_i w_i (L_lm,i + lambda_a L_act,i),   w_i = lambda_cot if sample i has reasoning
-                                                     else 1
+    L = 1/N sum_i w_i (L_lm,i + lambda_a L_act,i),   w_i = lambda_cot if sample i is trained
+                                                     with its reasoning, else 1
 
 L_lm,i is the mean next-token cross-entropy over sample i's answer tokens (labels != -100),
 L_act,i the mean over its action tokens only (0 when it has none). Per-sample means keep a
